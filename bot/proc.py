@@ -1,0 +1,218 @@
+"""The one place a subprocess starts.
+
+Every child gets an argv list (never a shell), an explicit cwd (kbot never changes its own
+directory), a timeout, and its own process group, so that on timeout or interrupt the whole tree
+(make's children, an emulator's helpers) is killed, not just the leader. Output is streamed line by
+line to an optional log file and callback (progress), and kept in memory only up to a bound.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from bot.errors import InfraError, ProcTimeout
+
+DEFAULT_CAPTURE_LIMIT = 8 * 1024 * 1024
+KILL_GRACE_S = 5.0
+
+# Variables a build or emulator may see. Everything else (tokens, SMTP passwords, proxies) stays
+# out: patches are untrusted code and their Makefiles run with this environment.
+SAFE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "CCACHE_DIR", "TZ")
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An environment with only harmless variables from ours, plus `extra`."""
+    env = {k: os.environ[k] for k in SAFE_ENV_KEYS if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("LANG", "C.UTF-8")
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class ProcResult:
+    argv: tuple[str, ...]
+    returncode: int
+    duration_s: float
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    truncated: bool = False
+    log_path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def describe(self) -> str:
+        """One line naming the command and how it ended, for error messages."""
+        how = "timed out" if self.timed_out else f"exited {self.returncode}"
+        tail = (self.stderr or self.stdout).strip().splitlines()[-3:]
+        return f"{' '.join(self.argv)}: {how}" + (": " + " | ".join(tail) if tail else "")
+
+
+@dataclass
+class _Sink:
+    limit: int
+    chunks: list[str] = field(default_factory=list)
+    size: int = 0
+    truncated: bool = False
+
+    def add(self, line: str) -> None:
+        if self.size + len(line) > self.limit:
+            self.truncated = True
+            return
+        self.chunks.append(line)
+        self.size += len(line)
+
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
+def _pump(
+    stream: IO[bytes],
+    sink: _Sink,
+    log: IO[str] | None,
+    lock: threading.Lock,
+    on_line: Callable[[str], None] | None,
+) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", errors="replace")
+        sink.add(line)
+        if log is not None:
+            with lock:
+                log.write(line)
+                log.flush()
+        if on_line is not None:
+            on_line(line.rstrip("\n"))
+    stream.close()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        # The leader may be gone while children linger in its group: SIGKILL the group anyway.
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    timeout: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    log_path: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+    capture_limit: int = DEFAULT_CAPTURE_LIMIT,
+    check: bool = False,
+    no_network: bool = False,
+) -> ProcResult:
+    """Run argv to completion or until `timeout` seconds, then kill its process group.
+
+    `no_network=True` runs the child in a fresh network namespace (only a down loopback), used
+    for builds of untrusted patches. `check=True` raises InfraError on a non-zero exit and
+    ProcTimeout on a timeout; otherwise the caller reads the ProcResult.
+    """
+    args = [os.fspath(a) for a in argv]
+    if not args:
+        raise ValueError("empty argv")
+    if no_network:
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            raise InfraError("unshare(1) not found: cannot run a build without network access")
+        args = [unshare, "--net", "--", *args]
+    if shutil.which(args[0]) is None and not Path(args[0]).is_file():
+        raise InfraError(f"command not found: {args[0]}")
+    log: IO[str] | None = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = log_path.open("a", encoding="utf-8")
+        log.write(f"$ {' '.join(args)}" + (f"  (cwd {cwd})" if cwd else "") + "\n")
+        log.flush()
+    out, err = _Sink(capture_limit), _Sink(capture_limit)
+    lock = threading.Lock()
+    start = time.monotonic()
+    timed_out = False
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - argv list, never a shell
+            args,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        if log is not None:
+            log.close()
+        raise InfraError(f"cannot start {args[0]}: {exc}") from exc
+    assert proc.stdout is not None and proc.stderr is not None
+    threads = [
+        threading.Thread(target=_pump, args=(proc.stdout, out, log, lock, on_line), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, err, log, lock, on_line), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        if input is not None:
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write(input)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+    except BaseException:
+        # KeyboardInterrupt or any error here: never leave the child tree running.
+        _kill_group(proc)
+        raise
+    finally:
+        for t in threads:
+            t.join(timeout=KILL_GRACE_S)
+        duration = time.monotonic() - start
+        if log is not None:
+            tail = " (timed out, process group killed)" if timed_out else ""
+            log.write(f"# exit {proc.returncode} after {duration:.1f}s{tail}\n")
+            log.close()
+    result = ProcResult(
+        argv=tuple(args),
+        returncode=proc.returncode if proc.returncode is not None else -1,
+        duration_s=duration,
+        stdout=out.text(),
+        stderr=err.text(),
+        timed_out=timed_out,
+        truncated=out.truncated or err.truncated,
+        log_path=log_path,
+    )
+    if check:
+        if timed_out:
+            raise ProcTimeout(f"{' '.join(args)}: timed out after {timeout:.0f}s")
+        if result.returncode != 0:
+            raise InfraError(result.describe())
+    return result
