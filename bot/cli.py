@@ -22,6 +22,7 @@ from bot.state import Store
 # The stage modules that add subcommands. Each has register(subparsers) -> None.
 COMMAND_MODULES: tuple[str, ...] = (
     "bot.intake.cli",
+    "bot.intake.watch_cli",
     "bot.tree.cli",
     "bot.build.cli",
     "bot.vm.cli",

@@ -23,3 +23,9 @@ def _isolated_kbot_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     """No test writes to the real state dir. The cache dir (kernel tree, ccache, builds) is
     shared on purpose: the real tier reuses one cold kernel build."""
     monkeypatch.setenv("KBOT_STATE_DIR", str(tmp_path / "state"))
+
+pytest_plugins = [
+    "tests.fixtures.kernel",  # kernel source, the one shared base build, variant builds
+    "tests.fixtures.public_inbox",  # a real public-inbox-httpd on loopback
+    "tests.fixtures.smtp",  # a real SMTP server (aiosmtpd) on loopback
+]
