@@ -59,6 +59,15 @@ class ArchiveSection:
     max_download_bytes: int = 64 * 1024 * 1024
     max_inflated_bytes: int = 256 * 1024 * 1024
     max_message_bytes: int = 16 * 1024 * 1024
+    # Watcher paging (bot/intake/watcher.py): rt: searches re-read this much before the cursor
+    # (search lags new mail, clocks differ); pages of this many Atom entries (public-inbox max
+    # 200); the delivery-order sweep reads at most sweep_max messages and stops after
+    # sweep_stop_known already-stored ones in a row (0 turns the sweep off).
+    rt_overlap_s: float = 3600.0
+    first_lookback_s: float = 86400.0
+    search_page: int = 200
+    sweep_max: int = 200
+    sweep_stop_known: int = 25
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,10 @@ class ReportSection:
     archive_url: str = "https://lore.kernel.org/kvm/"  # where Closes: links point
     staging_allowlist: tuple[str, ...] = ()  # non-empty: only these get mail
     unchanged: str = "brief"  # always | brief | never: a new revision that fails the same way
+    max_attempts: int = 8  # SMTP tries before a report is marked failed (kept, listed)
+    retry_backoff_s: float = 60.0  # first retry delay; doubles per attempt
+    retry_max_backoff_s: float = 3600.0
+    min_bisect_confidence: float = 0.66  # below it a bisection is held, not mailed (syzbot's bar)
     smtp: SmtpSection = field(default_factory=SmtpSection)
 
 
@@ -251,7 +264,9 @@ def _cross_check(cfg: Config, path: str) -> None:
         if obj not in choices:
             raise ConfigError(path, dotted, f"{obj!r} is not one of {', '.join(choices)}")
     if cfg.schema != SCHEMA_VERSION:
-        raise ConfigError(path, "schema", f"version {cfg.schema} unsupported (want {SCHEMA_VERSION})")
+        raise ConfigError(
+            path, "schema", f"version {cfg.schema} unsupported (want {SCHEMA_VERSION})"
+        )
     seen: set[str] = set()
     for i, tree in enumerate(cfg.trees):
         if tree.name in seen:

@@ -86,6 +86,19 @@ MIGRATIONS: tuple[str, ...] = (
         raw BLOB NOT NULL
     );
     """,
+    # 2 (report): what "send only when changed" and the delivery state machine need
+    """
+    ALTER TABLE reports ADD COLUMN lineage TEXT NOT NULL DEFAULT '';
+    ALTER TABLE reports ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE reports ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
+    ALTER TABLE reports ADD COLUMN subject TEXT NOT NULL DEFAULT '';
+    ALTER TABLE reports ADD COLUMN recipients TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE reports ADD COLUMN stage TEXT NOT NULL DEFAULT '';
+    ALTER TABLE reports ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0;
+    ALTER TABLE reports ADD COLUMN sent_at REAL;
+    CREATE INDEX reports_lineage ON reports(lineage, version);
+    CREATE INDEX reports_status ON reports(status, next_attempt_at)
+    """,
 )
 
 
@@ -125,6 +138,28 @@ class JobRow:
     created_at: float
     updated_at: float
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    msgid: str
+    job_id: int | None
+    kind: str
+    dedup_key: str
+    status: str  # queued | sending | sent | held | failed
+    created_at: float
+    updated_at: float
+    attempts: int
+    last_error: str
+    raw: bytes
+    lineage: str
+    version: int
+    fingerprint: str
+    subject: str
+    recipients: tuple[str, ...]  # envelope recipients (all of To and Cc)
+    stage: str  # while sending: claimed | smtp-data (the server may have it)
+    next_attempt_at: float
+    sent_at: float | None
 
 
 class Store:
@@ -288,7 +323,9 @@ class Store:
             ).fetchall()
         return [_series_row(r) for r in rows]
 
-    def add_job(self, series_id: int | None, kind: str, detail: dict[str, Any] | None = None) -> int:
+    def add_job(
+        self, series_id: int | None, kind: str, detail: dict[str, Any] | None = None
+    ) -> int:
         """Create a job once per (series, kind); returns the existing id on a repeat."""
         now = time.time()
         with self.tx() as db:
@@ -302,6 +339,26 @@ class Store:
                 (series_id, kind),
             ).fetchone()
             return int(row[0])
+
+    def mark_series_ready(
+        self, series_id: int, kind: str, detail: dict[str, Any] | None = None
+    ) -> tuple[int, bool]:
+        """In one transaction: state 'ready' and a job of `kind` (once). (job id, created?)."""
+        now = time.time()
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO jobs (series_id, kind, created_at, updated_at, detail)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (series_id, kind, now, now, json.dumps(detail or {}, sort_keys=True)),
+            )
+            created = cur.rowcount == 1
+            db.execute(
+                "UPDATE series SET state = 'ready', updated_at = ? WHERE id = ?", (now, series_id)
+            )
+            row = db.execute(
+                "SELECT id FROM jobs WHERE series_id = ? AND kind = ?", (series_id, kind)
+            ).fetchone()
+            return int(row[0]), created
 
     def set_job_status(self, job_id: int, status: str) -> None:
         with self.tx() as db:
@@ -329,6 +386,100 @@ class Store:
                 (job_id, step, commit_sha, status, time.time(), json.dumps(data, sort_keys=True)),
             )
             return int(cur.lastrowid or 0)
+
+    # -- reports (owner: bot.report) ------------------------------------------------------
+
+    def add_report(
+        self,
+        msgid: str,
+        *,
+        job_id: int | None,
+        kind: str,
+        dedup_key: str,
+        raw: bytes,
+        lineage: str = "",
+        version: int = 0,
+        fingerprint: str = "",
+        subject: str = "",
+        recipients: tuple[str, ...] = (),
+        status: str = "queued",
+        last_error: str = "",
+    ) -> tuple[ReportRow, bool]:
+        """Store a report once per dedup_key: (the row, True) if new, (the existing, False)."""
+        now = time.time()
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO reports (msgid, job_id, kind, dedup_key, status,"
+                " created_at, updated_at, last_error, raw, lineage, version, fingerprint,"
+                " subject, recipients) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (msgid, job_id, kind, dedup_key, status, now, now, last_error, raw, lineage,
+                 version, fingerprint, subject, json.dumps(list(recipients))),
+            )
+            row = db.execute("SELECT * FROM reports WHERE dedup_key = ?", (dedup_key,)).fetchone()
+            return _report_row(row), cur.rowcount == 1
+
+    def get_report(self, msgid: str) -> ReportRow | None:
+        row = self.db.execute("SELECT * FROM reports WHERE msgid = ?", (msgid,)).fetchone()
+        return _report_row(row) if row else None
+
+    def reports(self, status: str | None = None) -> list[ReportRow]:
+        if status is None:
+            rows = self.db.execute("SELECT * FROM reports ORDER BY created_at, msgid").fetchall()
+        else:
+            rows = self.db.execute(
+                "SELECT * FROM reports WHERE status = ? ORDER BY created_at, msgid", (status,)
+            ).fetchall()
+        return [_report_row(r) for r in rows]
+
+    def reports_for_lineage(self, lineage: str) -> list[ReportRow]:
+        """Every report about any revision of one series, newest revision first."""
+        rows = self.db.execute(
+            "SELECT * FROM reports WHERE lineage = ? ORDER BY version DESC, created_at DESC",
+            (lineage,),
+        ).fetchall()
+        return [_report_row(r) for r in rows]
+
+    def claim_report(self, msgid: str, *, from_status: str, now: float) -> bool:
+        """queued -> sending (attempts + 1) if still `from_status` and due: one sender wins."""
+        with self.tx() as db:
+            cur = db.execute(
+                "UPDATE reports SET status = 'sending', stage = 'claimed',"
+                " attempts = attempts + 1, updated_at = ? WHERE msgid = ? AND status = ?"
+                " AND next_attempt_at <= ?",
+                (now, msgid, from_status, now),
+            )
+            return cur.rowcount == 1
+
+    def set_report_stage(self, msgid: str, stage: str) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE reports SET stage = ?, updated_at = ? WHERE msgid = ?",
+                (stage, time.time(), msgid),
+            )
+
+    def set_report_status(
+        self,
+        msgid: str,
+        status: str,
+        *,
+        last_error: str = "",
+        next_attempt_at: float = 0.0,
+        sent: bool = False,
+    ) -> None:
+        now = time.time()
+        with self.tx() as db:
+            db.execute(
+                "UPDATE reports SET status = ?, stage = '', last_error = ?,"
+                " next_attempt_at = ?, updated_at = ?,"
+                " sent_at = CASE WHEN ? THEN ? ELSE sent_at END WHERE msgid = ?",
+                (status, last_error, next_attempt_at, now, int(sent), now, msgid),
+            )
+
+
+def _report_row(row: sqlite3.Row) -> ReportRow:
+    d = dict(row)
+    d["recipients"] = tuple(json.loads(d["recipients"]))
+    return ReportRow(**d)
 
 
 def _series_row(row: sqlite3.Row) -> SeriesRow:

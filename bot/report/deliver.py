@@ -1,0 +1,375 @@
+"""From a result to a delivered mail, once: decide, render, store, deliver, reconcile.
+
+States of a report (the `reports` table):
+
+    queued --claim--> sending --server said 250--> sent
+       ^                 |  \\--4xx / down / dropped before DATA--> queued (backoff) .. failed
+       |                 |   \\--5xx--> failed
+       +--restart: stage "claimed" (DATA never started)
+                          stage "smtp-data" (the server may have it) --> sent if the archive has
+                          the Message-ID, else held ("unconfirmed") for a person: never resent
+                          on a guess.
+    held: kept in the outbox, not mailed (staging allowlist, low-confidence bisection,
+          unconfirmed delivery). `kbot outbox flush --resend MSGID` sends one on purpose.
+
+Exactly once, honestly: the Message-ID is made and the whole mail stored before any delivery,
+and the dedup key (series lineage + revision + kind + patch + result fingerprint) is UNIQUE, so
+the same result never becomes two reports. "sending" is committed before the SMTP conversation
+and the stage "smtp-data" before the DATA command, so after a crash kbot knows whether the server
+can possibly have the mail. The one window left is between the server's 250 and our commit of
+"sent" (milliseconds): a report caught there is not resent blindly; it is confirmed by its
+Message-ID in the list archive, or held for a person. So a crash can hold a report, never send
+it twice, never lose it. Only one process delivers at a time (an flock in the state directory),
+so a live sender's "sending" row is never mistaken for a crashed one.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import fnmatch
+import hashlib
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+import requests
+
+from bot import __version__
+from bot.config import Config
+from bot.errors import InputError
+from bot.report import smtp
+from bot.report.context import Addr, BisectionReport, ReportContext
+from bot.report.message import (
+    Recipients,
+    as_bytes,
+    build_message,
+    new_msgid,
+    recipients,
+    subject,
+)
+from bot.report.outbox import Outbox, open_outbox
+from bot.report.render import Identity, Renderer
+from bot.state import ReportRow, Store
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[str, str], None]  # (stage, msgid): test hook points: claimed, data, accepted
+STAGE_CLAIMED = "claimed"
+STAGE_DATA = "smtp-data"
+_MSGID_SAFE = "@!$&'()*+,;=:~-._"  # as lore links write a Message-ID
+
+
+class Mode(enum.Enum):
+    FULL = "full"
+    BRIEF = "brief"  # a new revision that fails the same way: a short note
+    SKIP = "skip"  # ... and report.unchanged = never
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A rendered, addressed report before it is stored."""
+
+    msgid: str
+    kind: str
+    mode: Mode
+    dedup_key: str
+    lineage: str
+    version: int
+    fingerprint: str
+    subject: str
+    rcpt: Recipients
+    raw: bytes
+    hold_reason: str = ""
+
+
+@dataclass(frozen=True)
+class FlushSummary:
+    sent: int = 0
+    held: int = 0
+    retrying: int = 0
+    failed: int = 0
+    reconciled: int = 0
+    busy: bool = False
+
+
+def lineage_of(ctx: ReportContext) -> tuple[str, int]:
+    if ctx.series is not None:
+        return ctx.series.lineage, ctx.series.version
+    assert isinstance(ctx, BisectionReport)
+    return f"bisect:{ctx.tree}/{ctx.branch}:{ctx.test}", 0
+
+
+def dedup_key(ctx: ReportContext, lineage: str, version: int, mode: Mode) -> str:
+    target = ctx.target.msgid if ctx.target is not None else ""
+    parts = [lineage, str(version), ctx.kind.value, mode.value, target, ctx.fingerprint()]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def allowed(address: str, allowlist: tuple[str, ...]) -> bool:
+    """Staging: `user@host` exactly, `@host` for a domain, or an fnmatch pattern."""
+    a = address.lower()
+    for entry in allowlist:
+        e = entry.lower()
+        if a == e or (e.startswith("@") and a.endswith(e)) or fnmatch.fnmatchcase(a, e):
+            return True
+    return False
+
+
+def archive_has(archive_url: str, msgid: str, timeout_s: float = 10.0) -> bool | None:
+    """Does the list archive hold this Message-ID? None: could not tell."""
+    base = archive_url if archive_url.endswith("/") else archive_url + "/"
+    try:
+        resp = requests.get(
+            f"{base}{urllib.parse.quote(msgid, safe=_MSGID_SAFE)}/raw",
+            timeout=timeout_s,
+            headers={"User-Agent": f"kbot/{__version__} (report delivery check)"},
+        )
+    except requests.RequestException as exc:
+        log.warning("cannot ask the archive about <%s>: %s", msgid, exc)
+        return None
+    if resp.status_code == 200:
+        return msgid.encode() in resp.content
+    if resp.status_code in (404, 410):
+        return False
+    return None
+
+
+class Reporter:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        hook: Hook | None = None,
+        confirm: Callable[[str], bool | None] | None = None,
+    ) -> None:
+        self.config = config
+        self.cfg = config.report
+        self.store = store
+        self.clock = clock
+        self.hook = hook
+        self.identity = Identity(config.bot.name, config.bot.email, self.cfg.archive_url)
+        self.renderer = Renderer(self.identity)
+        self.confirm = confirm or (lambda m: archive_has(self.cfg.archive_url, m))
+        self.state_dir = config.state_dir
+        self.outbox: Outbox = open_outbox(self.state_dir, self.cfg.outbox_format)
+
+    # -- decide and render ----------------------------------------------------------------
+
+    def decide(self, ctx: ReportContext) -> tuple[Mode, ReportRow | None]:
+        """FULL, or BRIEF/SKIP when an earlier revision already got this same result."""
+        lineage, version = lineage_of(ctx)
+        fp = ctx.fingerprint()
+        kind = ctx.kind.value
+        earlier = [
+            r for r in self.store.reports_for_lineage(lineage)
+            if r.version < version and r.fingerprint == fp and r.kind in (kind, kind + "-brief")
+        ]
+        if not earlier or self.cfg.unchanged == "always":
+            return Mode.FULL, None
+        if self.cfg.unchanged == "never":
+            return Mode.SKIP, earlier[0]
+        full = [r for r in earlier if r.kind == kind]
+        return Mode.BRIEF, (full[0] if full else earlier[0])
+
+    def prepare(
+        self,
+        ctx: ReportContext,
+        *,
+        msgid: str | None = None,
+        date: datetime | None = None,
+        mode: Mode | None = None,
+        previous: ReportRow | None = None,
+    ) -> Prepared:
+        if mode is None:
+            mode, previous = self.decide(ctx)
+        lineage, version = lineage_of(ctx)
+        msgid = msgid or new_msgid(self.config.bot.email)
+        if mode is Mode.BRIEF and previous is not None:
+            body = self.renderer.render_unchanged(ctx, msgid, previous.msgid, previous.version)
+        else:
+            body = self.renderer.render(ctx, msgid)
+        rcpt = recipients(ctx, self.config.bot.email)
+        msg = build_message(
+            ctx, body, msgid=msgid, sender=Addr(self.config.bot.name, self.config.bot.email),
+            rcpt=rcpt, date=date,
+        )
+        hold = ""
+        if isinstance(ctx, BisectionReport) and ctx.confidence < self.cfg.min_bisect_confidence:
+            hold = (f"bisection confidence {ctx.confidence:.2f} is under "
+                    f"{self.cfg.min_bisect_confidence:.2f}: not mailed")
+        kind = ctx.kind.value + ("-brief" if mode is Mode.BRIEF else "")
+        return Prepared(
+            msgid=msgid, kind=kind, mode=mode, dedup_key=dedup_key(ctx, lineage, version, mode),
+            lineage=lineage, version=version, fingerprint=ctx.fingerprint(),
+            subject=subject(ctx), rcpt=rcpt, raw=as_bytes(msg), hold_reason=hold,
+        )
+
+    # -- store ----------------------------------------------------------------------------
+
+    def submit(
+        self, ctx: ReportContext, *, job_id: int | None = None, send_now: bool = True
+    ) -> ReportRow | None:
+        """Make the report for a result (once) and start its delivery. None: not sent by
+        config (report.unchanged = never and the last revision failed the same way)."""
+        mode, previous = self.decide(ctx)
+        if mode is Mode.SKIP:
+            assert previous is not None
+            log.info("not reporting: v%s fails the same way as <%s> (report.unchanged = never)",
+                     lineage_of(ctx)[1], previous.msgid)
+            return None
+        prep = self.prepare(ctx, mode=mode, previous=previous)
+        row, new = self.store.add_report(
+            prep.msgid, job_id=job_id, kind=prep.kind, dedup_key=prep.dedup_key, raw=prep.raw,
+            lineage=prep.lineage, version=prep.version, fingerprint=prep.fingerprint,
+            subject=prep.subject, recipients=prep.rcpt.all,
+        )
+        if not new:
+            log.info("report for this result exists already: <%s> (%s)", row.msgid, row.status)
+            return row
+        self.outbox.put(row.raw)
+        if prep.hold_reason:
+            self.store.set_report_status(row.msgid, "held", last_error=prep.hold_reason)
+        elif self.cfg.delivery == "outbox":
+            self.store.set_report_status(row.msgid, "sent", last_error="in the outbox",
+                                         sent=True)
+        elif send_now:
+            self.flush()
+        got = self.store.get_report(row.msgid)
+        assert got is not None
+        return got
+
+    # -- deliver --------------------------------------------------------------------------
+
+    @contextmanager
+    def _delivery_lock(self) -> Iterator[bool]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / "report-delivery.lock", "a+b") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def flush(self, *, resend: tuple[str, ...] = ()) -> FlushSummary:
+        """Reconcile what a crash left, then deliver every queued report that is due."""
+        with self._delivery_lock() as got:
+            if not got:
+                return FlushSummary(busy=True)
+            reconciled = self._reconcile()
+            for msgid in resend:
+                self._requeue(msgid)
+            counts = {"sent": 0, "held": 0, "queued": 0, "failed": 0}
+            now = self.clock()
+            for row in self.store.reports("queued"):
+                if row.next_attempt_at > now:
+                    counts["queued"] += 1
+                    continue
+                counts[self._deliver(row)] += 1
+            return FlushSummary(sent=counts["sent"], held=counts["held"],
+                                retrying=counts["queued"], failed=counts["failed"],
+                                reconciled=reconciled)
+
+    def _requeue(self, msgid: str) -> None:
+        row = self.store.get_report(msgid)
+        if row is None:
+            raise InputError(f"no report with Message-ID <{msgid}> (see `kbot outbox list`)")
+        if row.status not in ("held", "failed"):
+            raise InputError(f"report <{msgid}> is {row.status}; only held or failed reports "
+                             "can be resent")
+        self.store.set_report_status(msgid, "queued", last_error=f"resend asked ({row.status})")
+
+    def _reconcile(self) -> int:
+        """Rows a dead process left in "sending" (we hold the delivery lock: none is live)."""
+        n = 0
+        for row in self.store.reports("sending"):
+            n += 1
+            if row.stage != STAGE_DATA:
+                # DATA never started: the server cannot have it.
+                self.store.set_report_status(
+                    row.msgid, "queued", last_error="interrupted before DATA; will send")
+                continue
+            seen = self.confirm(row.msgid)
+            if seen:
+                self.store.set_report_status(
+                    row.msgid, "sent", last_error="confirmed in the archive after a restart",
+                    sent=True)
+            else:
+                self.store.set_report_status(
+                    row.msgid, "held",
+                    last_error=("delivery unconfirmed: kbot stopped after handing it to SMTP; "
+                                "check the archive, then `kbot outbox flush --resend "
+                                f"{row.msgid}` if it never arrived"))
+        return n
+
+    def _deliver(self, row: ReportRow) -> str:
+        self.outbox.put(row.raw)  # idempotent: the record exists before any mail leaves
+        if self.cfg.delivery != "smtp":
+            self.store.set_report_status(row.msgid, "sent", last_error="in the outbox",
+                                         sent=True)
+            return "sent"
+        if not self.cfg.smtp.host:
+            self.store.set_report_status(
+                row.msgid, "held",
+                last_error="report.delivery is smtp but report.smtp.host is empty")
+            return "held"
+        rcpts = row.recipients
+        held_back: tuple[str, ...] = ()
+        if self.cfg.staging_allowlist:
+            held_back = tuple(r for r in rcpts if not allowed(r, self.cfg.staging_allowlist))
+            rcpts = tuple(r for r in rcpts if r not in held_back)
+        if not rcpts:
+            self.store.set_report_status(
+                row.msgid, "held", last_error="staging: no recipient is on the allowlist")
+            return "held"
+        now = self.clock()
+        if not self.store.claim_report(row.msgid, from_status="queued", now=now):
+            return "queued"  # someone else changed it meanwhile
+        attempts = row.attempts + 1
+        self._hook(STAGE_CLAIMED, row.msgid)
+
+        def on_data() -> None:
+            self.store.set_report_stage(row.msgid, STAGE_DATA)
+            self._hook("data", row.msgid)
+
+        res = smtp.send(self.cfg.smtp, row.raw, self.config.bot.email, rcpts, on_data=on_data)
+        if res.status is smtp.SendStatus.SENT:
+            self._hook("accepted", row.msgid)
+            notes = []
+            if held_back:
+                notes.append("staging: not sent to " + ", ".join(held_back))
+            if res.refused:
+                notes.append("refused by the server: " + ", ".join(res.refused))
+            self.store.set_report_status(row.msgid, "sent", last_error="; ".join(notes),
+                                         sent=True)
+            log.info("sent <%s> to %s", row.msgid, ", ".join(rcpts))
+            return "sent"
+        if res.ambiguous:
+            # The connection broke during DATA: the server may have the mail.
+            self.store.set_report_status(
+                row.msgid, "held", last_error=f"delivery unconfirmed: {res.detail}")
+            return "held"
+        if res.status is smtp.SendStatus.PERMANENT or attempts >= self.cfg.max_attempts:
+            self.store.set_report_status(row.msgid, "failed", last_error=res.detail)
+            log.warning("report <%s> failed: %s", row.msgid, res.detail)
+            return "failed"
+        delay = min(self.cfg.retry_backoff_s * 2 ** (attempts - 1), self.cfg.retry_max_backoff_s)
+        self.store.set_report_status(row.msgid, "queued", last_error=res.detail,
+                                     next_attempt_at=self.clock() + delay)
+        log.warning("report <%s>: %s; retry in %.0f s", row.msgid, res.detail, delay)
+        return "queued"
+
+    def _hook(self, stage: str, msgid: str) -> None:
+        if self.hook is not None:
+            self.hook(stage, msgid)
+
