@@ -216,3 +216,117 @@ def run(
         if result.returncode != 0:
             raise InfraError(result.describe())
     return result
+
+
+class Background:
+    """A long-running child (a local server) in its own process group, with a lifetime limit.
+
+    Made by `start_background`. `stop()` kills the whole group (SIGTERM, then SIGKILL after a
+    grace period) and is idempotent; a watchdog does the same when `max_lifetime_s` runs out,
+    so a forgotten server never outlives its test run by more than that.
+    """
+
+    def __init__(
+        self, popen: subprocess.Popen[bytes], argv: tuple[str, ...], log_path: Path | None,
+        max_lifetime_s: float,
+    ) -> None:
+        self._popen = popen
+        self.argv = argv
+        self.log_path = log_path
+        self.pid = popen.pid
+        self._lock = threading.Lock()
+        self._watchdog = threading.Timer(max_lifetime_s, self.stop)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to the leader only (e.g. SIGHUP to make a server reload)."""
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self) -> int:
+        """Kill the process group and reap the leader; returns its exit status."""
+        with self._lock:
+            self._watchdog.cancel()
+            if self._popen.returncode is None:
+                _kill_group(self._popen)
+            else:
+                try:  # the leader exited on its own: children may linger in its group
+                    os.killpg(self.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            return self._popen.returncode if self._popen.returncode is not None else -1
+
+    def describe(self) -> str:
+        tail = ""
+        if self.log_path is not None and self.log_path.is_file():
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+            tail = " | ".join(lines[-3:])
+        state = "running" if self.alive() else f"exited {self._popen.returncode}"
+        return f"{' '.join(self.argv)}: {state}" + (f": {tail}" if tail else "")
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_background(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    ready: Callable[[], bool],
+    ready_timeout: float,
+    max_lifetime_s: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    log_path: Path | None = None,
+    poll_s: float = 0.05,
+) -> Background:
+    """Start argv in the background and wait until `ready()` is true (e.g. a port answers).
+
+    Output goes to `log_path` (or nowhere). If the child exits early or is not ready within
+    `ready_timeout` seconds, its group is killed and InfraError names the command and the log
+    tail. The child is killed anyway after `max_lifetime_s`.
+    """
+    args = tuple(os.fspath(a) for a in argv)
+    if not args:
+        raise ValueError("empty argv")
+    if shutil.which(args[0]) is None and not Path(args[0]).is_file():
+        raise InfraError(f"command not found: {args[0]}")
+    out: IO[bytes] | int = subprocess.DEVNULL
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = log_path.open("ab")
+    try:
+        popen = subprocess.Popen(  # noqa: S603 - argv list, never a shell
+            args,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise InfraError(f"cannot start {args[0]}: {exc}") from exc
+    finally:
+        if not isinstance(out, int):
+            out.close()  # the child holds its own descriptor
+    bg = Background(popen, args, log_path, max_lifetime_s)
+    deadline = time.monotonic() + ready_timeout
+    try:
+        while True:
+            if not bg.alive():
+                raise InfraError(f"{bg.describe()} (exited before it was ready)")
+            if ready():
+                return bg
+            if time.monotonic() > deadline:
+                raise InfraError(f"{bg.describe()} (not ready after {ready_timeout:.0f}s)")
+            time.sleep(poll_s)
+    except BaseException:
+        bg.stop()
+        raise

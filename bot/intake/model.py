@@ -39,6 +39,7 @@ class SubjectInfo:
     total: int | None  # m of n/m
     is_reply: bool  # Re:/Fwd: etc. in front
     title: str  # the subject without markers and reply prefixes
+    version_given: bool = False  # a vN marker was there (else version 1 is a guess)
 
     @property
     def is_patch_marker(self) -> bool:
@@ -119,9 +120,12 @@ class Series:
     @property
     def key(self) -> str:
         """Stable identity of this revision: change-id (else cover/first patch id) + version."""
-        anchor = self.change_id or (
-            self.cover.message_id if self.cover else (self.patches[0].message_id if self.patches else self.title)
-        )
+        if self.change_id:
+            anchor = self.change_id
+        elif self.cover is not None:
+            anchor = self.cover.message_id
+        else:
+            anchor = self.patches[0].message_id if self.patches else self.title
         return f"{anchor}#v{self.version}"
 
     def files(self) -> tuple[str, ...]:
