@@ -1,0 +1,54 @@
+"""Build commits c0..cN in order through one build slot, and show the results as a table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot.build.kernel import BuildResult, BuildStatus, KernelBuilder, ProgressFn
+
+
+def build_commits(
+    builder: KernelBuilder,
+    repo: Path,
+    shas: Sequence[str],
+    *,
+    progress: ProgressFn | None = None,
+) -> list[BuildResult]:
+    """Each commit is built after its predecessor in the same slot (incremental), and its new
+    warnings are counted against the predecessor's result."""
+    results: list[BuildResult] = []
+    for sha in shas:
+        parent = results[-1] if results else None
+        results.append(builder.build(repo, sha, parent=parent, progress=progress))
+    return results
+
+
+def results_table(results: Sequence[BuildResult], titles: Sequence[str] = ()) -> str:
+    rows = [("#", "commit", "build", "time", "new warnings", "what")]
+    for i, r in enumerate(results):
+        what = titles[i] if i < len(titles) else ""
+        if r.status is not BuildStatus.PASS:
+            what = r.message
+        elif r.new_warnings:
+            what = str(r.new_warnings[0])
+        when = "cached" if r.cached else f"{r.build_seconds:.1f}s"
+        rows.append((f"c{i}", r.rev[:12], r.status.value.upper(), when,
+                     str(len(r.new_warnings)) if r.parent_rev else "-", what))
+    widths = [max(len(row[c]) for row in rows) for c in range(5)]
+    lines = []
+    for row in rows:
+        cells = [row[c].ljust(widths[c]) for c in range(5)]
+        lines.append("  ".join(cells) + "  " + row[5])
+    return "\n".join(lines)
+
+
+def diagnostics_text(result: BuildResult) -> str:
+    """Errors and warnings, the new ones marked `>>` as kernel test robot reports do."""
+    new = {(d.key, d.line) for d in result.new_warnings}
+    out = []
+    for d in result.errors:
+        out.append(f">> {d}")
+    for d in result.warnings:
+        out.append(f"{'>>' if (d.key, d.line) in new else '  '} {d}")
+    return "\n".join(out)
