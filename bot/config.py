@@ -75,6 +75,7 @@ class ListSection:
     """One mailing list to watch, with the filters that decide which series kbot tests."""
 
     name: str
+    address: str = ""  # the list's posting address, Cc'd on every report (kvm@vger.kernel.org)
     files: tuple[str, ...] = ()  # fnmatch-style globs on touched files; empty: any
     subject_patterns: tuple[str, ...] = ()  # regexes on the cleaned subject; empty: any
     skip_prefixes: tuple[str, ...] = ()  # subject prefixes (e.g. RFC, kvm-unit-tests) to skip
@@ -121,6 +122,9 @@ class VmSection:
     backend: str = "auto"  # auto | qemu-kvm | qemu-tcg | bochs
     boot_timeout_s: float = 120.0
     memory_mb: int = 1024
+    # A flaky-looking result gets more boots of the commits that decide it, up to this many
+    # rounds in all (the first included).
+    max_rounds: int = 3
 
 
 @dataclass(frozen=True)
