@@ -86,7 +86,11 @@ def _series(config: Config, result: SeriesJobResult) -> rc.SeriesInfo:
 
 def _base(result: SeriesJobResult) -> rc.BaseInfo:
     b = result.apply.base
-    return rc.BaseInfo(b.tree, b.branch or "", b.sha, _CHOSEN_BY[b.rule], b.describe())
+    try:  # a name a reader recognises, e.g. v6.1-rc3-123-gabcdef (empty when there is none)
+        described = git.git_out(result.apply.repo, "describe", "--tags", "--always", b.sha)
+    except InfraError:
+        described = ""
+    return rc.BaseInfo(b.tree, b.branch or "", b.sha, _CHOSEN_BY[b.rule], described)
 
 
 def _diag(d: BuildDiagnostic, new: bool = True) -> rc.Diagnostic:
