@@ -12,18 +12,12 @@ Peak RSS that stays flat as the mbox grows shows the stream holds no more than a
 
 from __future__ import annotations
 
-import sys
-
-# Run as a script, this folder is sys.path[0]; its sibling bench/bisect.py would then shadow
-# the standard library's bisect (which random imports).
-if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    del sys.path[0]
-
 import argparse
 import heapq
 import json
 import random
 import resource
+import sys
 import tempfile
 import time
 from collections.abc import Iterator

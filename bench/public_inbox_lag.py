@@ -3,8 +3,7 @@
 Prints: seconds per public-inbox-mda delivery; seconds until `?q=` search (Xapian, behind
 public-inbox-httpd) shows a new message without help; the same after SIGHUP
 (LocalInbox.refresh); and the feed (new.atom, over.sqlite3), which is immediate.
-Run: .venv/bin/python -P bench/public_inbox_lag.py (-P: bench/bisect.py would otherwise
-shadow the standard library's bisect). Takes about 40 s.
+Run: .venv/bin/python bench/public_inbox_lag.py. Takes about 40 s.
 """
 
 from __future__ import annotations

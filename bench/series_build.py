@@ -19,18 +19,11 @@ Takes the machine for (N x ~5) minutes: run it under `flock /var/tmp/kbot-heavy.
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
-
-# bench/bisect.py shadows the stdlib `bisect` that `random` (via tempfile) imports: take this
-# folder off the module path before anything imports them.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
-import argparse  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import tempfile
+import time
+from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))

@@ -58,7 +58,10 @@ def test_demo_names_the_first_bad_patch_and_reports_once(
         assert mail["Subject"] == "Re: [PATCH 2/3] KVM: nSVM: Tighten the nested state flags check"
         body = mail.get_content()
         assert "state_test" in body and "Reported-by: kbot <kbot@localhost>" in body
-        assert "kbot test-series" in body
+        # The reproduce section names the exact command that reruns the failing step.
+        root = demo.result.series.cover
+        assert root is not None
+        assert f"test-series {root.message_id} --tree linux-6.1 --list kvm" in body
         count = len(store.reports())
 
     # Restart: the same threads again are neither recorded nor reported twice.
