@@ -22,9 +22,10 @@ from bot.bisect.series import SeriesVerdict, TestClass, TestRuns, classify_serie
 from bot.build.kernel import BuildResult, KernelBuilder
 from bot.build.series import build_commits
 from bot.config import Config
-from bot.errors import InfraError, UserError
+from bot.errors import InfraError, InputError, UserError
 from bot.intake.cli import load_messages
 from bot.intake.mail import parse_message
+from bot.intake.mbox import ParseProblem
 from bot.intake.model import Series
 from bot.intake.series import assemble, newest_first
 from bot.state import Store
@@ -242,7 +243,7 @@ def series_from_store(store: Store, series_id: int) -> tuple[Series, str]:
             continue
         try:
             messages.append(parse_message(stored.raw))
-        except Exception as exc:
+        except InputError as exc:  # stored raw mail that no longer parses: skip it, keep it
             log.debug("stored <%s> no longer parses: %s", stored.msgid, exc)
     for s in assemble(messages):
         if s.key == row.key:
@@ -252,8 +253,10 @@ def series_from_store(store: Store, series_id: int) -> tuple[Series, str]:
 
 def series_from_source(source: str | Path | bytes, *, max_bytes: int) -> Series:
     """The newest series revision in a file / fetched thread."""
-    problems: list[object] = []
-    messages = load_messages(source, max_bytes=max_bytes, problems=problems)  # type: ignore[arg-type]
+    problems: list[ParseProblem] = []
+    messages = load_messages(source, max_bytes=max_bytes, problems=problems)
+    for problem in problems:
+        log.warning("skipped %s", problem)
     found = newest_first(assemble(messages))
     if not found:
         raise UserError(f"{source if not isinstance(source, bytes) else 'thread'}: "
