@@ -26,7 +26,6 @@ worth keeping.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -34,8 +33,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -52,6 +50,7 @@ from bot.build.diagnostics import (
 from bot.build.store import ArtifactStore
 from bot.config import BuildSection, Config
 from bot.errors import InfraError, ProcTimeout, UserError
+from bot.locks import locked
 from bot.tree import git
 
 ARCH = "x86_64"
@@ -364,7 +363,7 @@ class KernelBuilder:
         slot = self.slot_dir(repo)
         if not slot.exists():
             return
-        with _locked(slot / "lock"):
+        with locked(slot / "lock"):
             git.git(repo, "worktree", "remove", "--force", str(slot / "src"), check=False)
             git.git(repo, "worktree", "prune", check=False)
             for p in slot.iterdir():
@@ -448,7 +447,7 @@ class KernelBuilder:
             return self._with_parent(cached, repo, parent)
         slot = self.slot_dir(repo)
         slot.mkdir(parents=True, exist_ok=True)
-        with _locked(slot / "lock"):
+        with locked(slot / "lock"):
             cached = self._load(key, sha)  # another process may have built it meanwhile
             if cached is not None:
                 return self._with_parent(cached, repo, parent)
@@ -746,13 +745,3 @@ def _classify(res: proc.ProcResult, diags: Sequence[Diagnostic]) -> tuple[BuildS
             f" (+{len(errors) - 1} more errors)" if len(errors) > 1 else ""
         )
     return BuildStatus.FAIL, f"bzImage: {res.describe()}"
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -10,7 +10,6 @@ the mirror under `refs/kbot/`, where builds find them.
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import hashlib
 import re
@@ -25,6 +24,7 @@ from bot import proc
 from bot.config import BaseRule, Config, TreeSection
 from bot.errors import ConfigError, InfraError, UserError
 from bot.intake.model import Series
+from bot.locks import locked
 from bot.tree import git
 
 FETCH_TIMEOUT_S = 3600.0
@@ -114,7 +114,7 @@ class Trees:
         digest = hashlib.sha256(origin.encode()).hexdigest()[:8]
         mirror = self.root / f"{section.name}-{digest}.git"
         self.root.mkdir(parents=True, exist_ok=True)
-        with _locked(self.root / f".{mirror.name}.lock"):
+        with locked(self.root / f".{mirror.name}.lock"):
             if not (mirror / "HEAD").is_file():
                 tmp = mirror.with_name(mirror.name + ".cloning")
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -227,7 +227,7 @@ class Trees:
         wt_root.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(str(tree.mirror.resolve()).encode()).hexdigest()[:12]
         path = wt_root / f"{tree.name}-{digest}"
-        with _locked(wt_root / f".{path.name}.lock"):
+        with locked(wt_root / f".{path.name}.lock"):
             reset_worktree(tree.mirror, path, base)
             try:
                 yield path
@@ -285,14 +285,3 @@ def describe_rule(rule: BaseRule) -> str:
     if rule.files:
         parts.append("files " + "|".join(rule.files))
     return ", ".join(parts) or "any series"
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
