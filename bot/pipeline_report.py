@@ -102,6 +102,11 @@ def _test_outcome(key: str, r: TestResult) -> rc.TestOutcome:
         return rc.TestOutcome(key, rc.TestStatus.PASS)
     if r.outcome is Outcome.SKIP:
         return rc.TestOutcome(key, rc.TestStatus.SKIP, r.skip_reason or "skipped")
+    if r.outcome is Outcome.NOT_RUN and r.skip_reason:
+        # Left out on purpose (a plan exclusion such as a test that hangs Bochs, a selftest
+        # that did not build): a skip with its reason, not a failure to test.
+        why = r.skip_reason + (f": {r.known_limit}" if r.known_limit else "")
+        return rc.TestOutcome(key, rc.TestStatus.SKIP, why)
     if r.outcome is Outcome.NOT_RUN:
         return rc.TestOutcome(key, rc.TestStatus.ERROR, "not run: the guest stopped before it")
     if r.known_limit:

@@ -11,12 +11,13 @@ from bot.build.kernel import BuildArtifacts, BuildResult, BuildStatus
 from bot.config import load_config
 from bot.intake.model import Patch, Person, Series
 from bot.pipeline import CommitRuns, SeriesJobResult
-from bot.pipeline_report import contexts
+from bot.pipeline_report import _test_outcome, contexts
 from bot.report import context as rc
 from bot.tree import git
 from bot.tree.apply import AppliedPatch, ApplyResult, ApplyStatus
 from bot.tree.edit import commit_edits
 from bot.tree.trees import BaseRuleKind, ResolvedBase
+from bot.vm.model import Outcome, TestResult
 
 AUTHOR = Person("Dev Eloper", "dev@example.org")
 GOOD = "int kvm_fn(void)\n{\n\treturn 0;\n}\n"
@@ -77,3 +78,16 @@ def test_build_failure_marks_the_patch_lines(tmp_path: Path) -> None:
 def _empty_commit(repo: Path) -> str:
     tree = git.git(repo, "mktree", input=b"").stdout.strip()
     return git.git(repo, "commit-tree", tree, input=b"empty\n").stdout.strip()
+
+
+def test_plan_exclusions_are_skips_with_reason_and_a_stopped_guest_is_not_tested() -> None:
+    excluded = TestResult("vmx_preemption_timer_test", 1, Outcome.NOT_RUN, None, None,
+                          skip_reason="excluded on bochs", known_limit="hangs Bochs")
+    out = _test_outcome("vmx_preemption_timer_test [bochs]", excluded)
+    assert out.status is rc.TestStatus.SKIP
+    assert out.reason == "excluded on bochs: hangs Bochs"
+    stopped = TestResult("state_test", 1, Outcome.NOT_RUN, None, None)
+    assert _test_outcome("state_test [bochs]", stopped).status is rc.TestStatus.ERROR
+    limited = TestResult("svm_nested_soft_inject_test", 1, Outcome.FAIL, 254, 0.1,
+                         known_limit="no NRIP save under TCG")
+    assert _test_outcome("x [qemu-tcg]", limited).status is rc.TestStatus.SKIP
