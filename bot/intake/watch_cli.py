@@ -29,7 +29,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--list", dest="lists", action="append", metavar="NAME",
         help="only this list (repeatable; default: every [[lists]] entry)",
     )
+    p.add_argument(
+        "--run-jobs", action="store_true",
+        help="after each poll, test every recorded series and queue its reports (one process "
+        "that watches, tests and reports; without it, `kbot run-jobs` does the testing)",
+    )
     p.set_defaults(func=run_watch)
+
+
+def _run_jobs(ctx: Context) -> None:
+    # Imported here: the pipeline pulls in every stage, which `watch` alone does not need.
+    from bot.jobs import outcome_table, run_queued
+
+    outcomes = run_queued(ctx.config, ctx.store)
+    if outcomes:
+        print(outcome_table(outcomes), file=sys.stderr)
 
 
 def print_report(report: WatchReport, out: TextIO) -> None:
@@ -77,14 +91,22 @@ def run_watch(args: argparse.Namespace, ctx: Context) -> int:
         if args.once:
             report = watch_once(config, ctx.store, client, lists=names)
             print_report(report, sys.stdout)
+            if args.run_jobs:
+                _run_jobs(ctx)
             return EXIT_OK
         print(
             f"kbot: watching {', '.join(names or [lst.name for lst in config.lists])} on "
             f"{client.base_url} (Ctrl-C stops)",
             file=sys.stderr,
         )
+
+        def after_poll(report: WatchReport) -> None:
+            print_report(report, sys.stderr)
+            if args.run_jobs:
+                _run_jobs(ctx)
+
         watch_forever(
             config, ctx.store, client, lists=names,
-            on_report=lambda r: print_report(r, sys.stderr),
+            on_report=after_poll,
         )
     return EXIT_OK
