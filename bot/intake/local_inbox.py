@@ -150,9 +150,8 @@ class LocalInbox:
     def _answers(self) -> bool:
         # Any HTTP answer will do: an empty inbox answers new.atom with 404.
         try:
-            resp = requests.get(
-                self.list_url() + "new.atom", timeout=2.0, headers={"User-Agent": USER_AGENT}
-            )
+            resp = requests.get(self.list_url() + "new.atom", timeout=2.0,
+                                headers={"User-Agent": USER_AGENT})
         except requests.RequestException:
             return False
         return resp.status_code < 500
@@ -203,7 +202,7 @@ class LocalInbox:
 
     def _search_finds(self, list_name: str, msgid: str) -> bool:
         try:
-            resp = requests.get(
+            resp = requests.get(  # timeout=5.0 below
                 self.list_url(list_name),
                 params={"q": f'm:"{msgid}"', "x": "A"},
                 timeout=5.0, headers={"User-Agent": USER_AGENT},

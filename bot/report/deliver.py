@@ -124,7 +124,7 @@ def archive_has(archive_url: str, msgid: str, timeout_s: float = 10.0) -> bool |
     """Does the list archive hold this Message-ID? None: could not tell."""
     base = archive_url if archive_url.endswith("/") else archive_url + "/"
     try:
-        resp = requests.get(
+        resp = requests.get(  # timeout=timeout_s below
             f"{base}{urllib.parse.quote(msgid, safe=_MSGID_SAFE)}/raw",
             timeout=timeout_s,
             headers={"User-Agent": f"kbot/{__version__} (report delivery check)"},
