@@ -1,8 +1,8 @@
 """The one git wrapper of bot.tree and bot.build: argv lists through bot.proc, never a chdir.
 
-GitPython reads objects (commits, trees) where that is all we need; every git command that
-changes something (worktrees, am, checkout, commit) runs here, with a timeout and an environment
-that holds no secrets and ignores the user's global config (hooks, aliases, signing).
+Every git command runs here (kbot does not use GitPython, whose subprocesses would bypass
+bot.proc), with a timeout, a process-group kill, and an environment that holds no secrets and
+ignores the user's global config (hooks, aliases, signing).
 """
 
 from __future__ import annotations
