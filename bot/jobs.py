@@ -11,6 +11,7 @@ from bot.pipeline import Progress, SeriesJob, SeriesJobResult, series_from_store
 from bot.pipeline_report import contexts
 from bot.report.deliver import Reporter
 from bot.state import JobRow, Store
+from bot.table import columns
 from bot.vm.model import Backend
 
 
@@ -79,6 +80,4 @@ def outcome_table(outcomes: Sequence[JobOutcome]) -> str:
             elif o.result.verdict is None:
                 bad = "untested"
         rows.append((str(o.job_id), o.status, bad, str(len(o.reports)), o.title))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4]
-                     for r in rows)
+    return "\n".join(columns(rows))

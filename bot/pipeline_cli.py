@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import EXIT_FAILURE_FOUND, EXIT_OK, UserError
+from bot.table import columns
 from bot.vm.model import Backend
 
 BACKENDS = ("auto", "qemu-kvm", "qemu-tcg", "bochs")
@@ -102,8 +103,7 @@ def _series_table(result: Any, outcomes: Any) -> str:
                      "-" if o.built is None else ("yes" if o.built else "NO"),
                      str(len(o.new_warnings)), str(o.passed), str(o.failed), str(o.skipped),
                      titles.get(o.index, "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(7)]
-    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(7)) + "  " + r[7] for r in rows]
+    lines = columns(rows)
     lines.append(f"base: {result.apply.base.describe()}")
     if result.verdict is not None:
         for t in result.verdict.tests:

@@ -26,6 +26,7 @@ from bot.bisect.evaluators import CommandEvaluator, WorktreePool
 from bot.bisect.gitgraph import load_range
 from bot.bisect.model import BisectResult, Commit, Mode, Outcome, Progress, Status
 from bot.errors import EXIT_FAILURE_FOUND, EXIT_INFRA_ERROR, EXIT_USER_ERROR, UserError
+from bot.table import columns
 
 if TYPE_CHECKING:
     from bot.cli import Context
@@ -139,9 +140,7 @@ def format_result(res: BisectResult) -> str:
     for t in res.tested:
         rows.append((t.commit.short, t.role.value, str(t.runs), str(t.fails), str(t.passes),
                      str(t.skips), t.verdict.value, t.commit.subject[:60]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        out.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    out += columns(rows)
     return "\n".join(out) + "\n"
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot.build.kernel import BuildResult, BuildStatus, KernelBuilder, ProgressFn
+from bot.table import columns
 
 
 def build_commits(
@@ -35,12 +36,7 @@ def results_table(results: Sequence[BuildResult], titles: Sequence[str] = ()) ->
         when = "cached" if r.cached else f"{r.build_seconds:.1f}s"
         rows.append((f"c{i}", r.rev[:12], r.status.value.upper(), when,
                      str(len(r.new_warnings)) if r.parent_rev else "-", what))
-    widths = [max(len(row[c]) for row in rows) for c in range(5)]
-    lines = []
-    for row in rows:
-        cells = [row[c].ljust(widths[c]) for c in range(5)]
-        lines.append("  ".join(cells) + "  " + row[5])
-    return "\n".join(lines)
+    return "\n".join(columns(rows))
 
 
 def diagnostics_text(result: BuildResult) -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, TextIO
 from bot.errors import EXIT_OK, UserError
 from bot.intake.client import ArchiveClient
 from bot.intake.watcher import WatchReport, watch_forever, watch_once
+from bot.table import columns
 
 if TYPE_CHECKING:
     from bot.cli import Context
@@ -73,10 +74,8 @@ def print_report(report: WatchReport, out: TextIO) -> None:
         for err in lst.errors:
             rows.append(("error", "", "", err))
         if rows:
-            widths = [max(len(r[i]) for r in rows) for i in range(3)]
-            for r in rows:
-                cells = [r[i].ljust(widths[i]) for i in range(3)]
-                print("  " + "  ".join([*cells, r[3]]).rstrip(), file=out)
+            for line in columns(rows, indent="  "):
+                print(line, file=out)
 
 
 def run_watch(args: argparse.Namespace, ctx: Context) -> int:
