@@ -28,7 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bot.vm.cli",
     "bot.bisect.cli",
     "bot.report.cli",
-    "bot.pipeline_cli",
+    "bot.pipeline.cli",
 )
 
 

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("KBOT_SHARED_DIR", REPO_ROOT.parent / "shared"))
-SEED_MBOX = SHARED / "fixtures" / "lore" / "kvm-evmcs-v1-2021-05-03.mbox"
+# The real kvm-list seed thread ships with the project (the demo serves it too).
+SEED_MBOX = REPO_ROOT / "configs" / "demo" / "kvm-evmcs-v1-2021-05-03.mbox"
 
 
 @pytest.fixture(scope="session")
 def seed_mbox() -> Path:
-    assert SEED_MBOX.is_file(), f"shared seed thread missing: {SEED_MBOX}"
+    assert SEED_MBOX.is_file(), f"seed thread missing from the project: {SEED_MBOX}"
     return SEED_MBOX
 
 

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run_jobs(ctx: Context) -> None:
     # Imported here: the pipeline pulls in every stage, which `watch` alone does not need.
-    from bot.jobs import outcome_table, run_queued
+    from bot.pipeline.runner import outcome_table, run_queued
 
     outcomes = run_queued(ctx.config, ctx.store)
     if outcomes:

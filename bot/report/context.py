@@ -28,14 +28,13 @@ numbers, so a new revision that fails the same way is recognised (report.unchang
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import hashlib
-import types
 import typing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
+from bot import codec
 from bot.errors import InputError
 
 # ---------------------------------------------------------------------------------------------
@@ -483,69 +482,14 @@ CONTEXT_TYPES: dict[ReportKind, type[Any]] = {
 # ---------------------------------------------------------------------------------------------
 # saved results: JSON <-> contexts
 
-T = TypeVar("T")
-
-
 def to_json(value: Any) -> Any:
-    """A context (or any value in one) as JSON-able data; the inverse of `from_json`."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        kind = getattr(type(value), "kind", None)
-        if isinstance(kind, ReportKind):
-            out = {"kind": kind.value, **out}
-        return out
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, tuple | list):
-        return [to_json(v) for v in value]
-    return value
-
-
-def _load(tp: Any, data: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if data is None:
-            return None
-        return _load(args[0], data, where)
-    if origin is tuple:
-        if not isinstance(data, list):
-            raise InputError(f"{where}: expected a list, got {type(data).__name__}")
-        (arg, _) = typing.get_args(tp)
-        return tuple(_load(arg, v, f"{where}[{i}]") for i, v in enumerate(data))
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(data)
-        except ValueError:
-            choices = ", ".join(str(m.value) for m in tp)
-            raise InputError(f"{where}: {data!r} is not one of {choices}") from None
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _load_dataclass(tp, data, where)
-    if tp is float and isinstance(data, int | float) and not isinstance(data, bool):
-        return float(data)
-    if tp in (int, str, bool) and type(data) is tp:
-        return data
-    raise InputError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {data!r}")
-
-
-def _load_dataclass(cls: type[T], data: Any, where: str) -> T:
-    if not isinstance(data, dict):
-        raise InputError(f"{where}: expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == "kind" and "kind" not in fields:
-            continue
-        if key not in fields:
-            raise InputError(f"{where}: unknown field {key!r} (known: {', '.join(fields)})")
-        kwargs[key] = _load(hints[key], value, f"{where}.{key}")
-    for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and (
-            f.default_factory is dataclasses.MISSING
-        ):
-            raise InputError(f"{where}: missing field {name!r}")
-    return cls(**kwargs)
+    """A context (or any value in one) as JSON-able data, tagged with its "kind"; the inverse
+    of `context_from_json`."""
+    out = codec.dump(value)
+    kind = getattr(type(value), "kind", None)
+    if isinstance(out, dict) and isinstance(kind, ReportKind):
+        out = {"kind": kind.value, **out}
+    return out
 
 
 def context_from_json(data: Any, where: str = "result") -> ReportContext:
@@ -557,7 +501,8 @@ def context_from_json(data: Any, where: str = "result") -> ReportContext:
     except ValueError:
         known = ", ".join(k.value for k in ReportKind)
         raise InputError(f"{where}: unknown report kind {data['kind']!r} ({known})") from None
-    ctx: ReportContext = _load_dataclass(CONTEXT_TYPES[kind], data, where)
+    ctx: ReportContext = codec.load_dataclass(CONTEXT_TYPES[kind], data, where,
+                                              ignore=("kind",))
     return ctx
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.build.kernel import BuildResult
-from bot.demo import run_demo
+from bot.pipeline.demo import run_demo
 from bot.state import Store
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(2400)]

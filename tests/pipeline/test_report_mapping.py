@@ -10,8 +10,8 @@ from bot.build.diagnostics import Diagnostic, Severity
 from bot.build.kernel import BuildArtifacts, BuildResult, BuildStatus
 from bot.config import load_config
 from bot.intake.model import Patch, Person, Series
-from bot.pipeline import CommitRuns, SeriesJobResult
-from bot.pipeline_report import _test_outcome, contexts
+from bot.pipeline.report import _test_outcome, contexts
+from bot.pipeline.series_job import CommitRuns, SeriesJobResult
 from bot.report import context as rc
 from bot.tree import git
 from bot.tree.apply import AppliedPatch, ApplyResult, ApplyStatus

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bot.bisect.model import Verdict
 from bot.bisect.series import TestClass, classify_series
-from bot.pipeline import CommitRuns, verdict_inputs
+from bot.pipeline.series_job import CommitRuns, verdict_inputs
 from bot.vm.model import (
     Backend,
     ConsoleSignature,

@@ -15,7 +15,7 @@ from bot.build.diagnostics import Severity
 from bot.build.kernel import BuildStatus
 from bot.config import Config
 from bot.errors import InfraError
-from bot.pipeline import CommitRuns, SeriesJobResult, result_key
+from bot.pipeline.series_job import CommitRuns, SeriesJobResult, result_key
 from bot.report import context as rc
 from bot.report.adapt import series_info
 from bot.tree import git

@@ -7,8 +7,14 @@ from dataclasses import dataclass
 
 from bot.config import Config
 from bot.errors import InfraError, KbotError
-from bot.pipeline import Progress, SeriesJob, SeriesJobResult, series_from_store, stderr_progress
-from bot.pipeline_report import contexts
+from bot.pipeline.report import contexts
+from bot.pipeline.series_job import (
+    Progress,
+    SeriesJob,
+    SeriesJobResult,
+    stderr_progress,
+)
+from bot.pipeline.source import series_from_store
 from bot.report.deliver import Reporter
 from bot.state import JobRow, Store
 from bot.table import columns

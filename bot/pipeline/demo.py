@@ -16,19 +16,20 @@ import os
 from pathlib import Path
 
 from bot.config import CONFIG_DIR, Config, load_config
+from bot.errors import InfraError
 from bot.intake.client import ArchiveClient
 from bot.intake.local_inbox import serve_mbox
 from bot.intake.watcher import watch_once
-from bot.jobs import JobOutcome, run_queued
-from bot.pipeline import Progress
+from bot.pipeline.runner import JobOutcome, run_queued
+from bot.pipeline.series_job import Progress
 from bot.state import Store
 from bot.tree import git
 from bot.tree.edit import Edit, commit_edits
 from bot.tree.kernel_source import ensure_kernel_source
 
 DEMO_CONFIG = CONFIG_DIR / "demo.toml"
-SEED_THREAD = (Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lore"
-               / "kvm-evmcs-v1-2021-05-03.mbox")
+# The real kvm-list thread (public list mail) ships with the project: see configs/demo/README.md.
+SEED_THREAD = CONFIG_DIR / "demo" / "kvm-evmcs-v1-2021-05-03.mbox"
 AUTHOR = "Demo Developer <developer@example.org>"
 DATE = "Tue, 24 Nov 2026 10:00:00 +0000"
 SVM_NESTED = "arch/x86/kvm/svm/nested.c"
@@ -97,7 +98,9 @@ def run_demo(state_dir: Path, progress: Progress,
     demo_dir.mkdir(parents=True, exist_ok=True)
     series_mbox = demo_dir / "demo-series.mbox"
     series_mbox.write_bytes(demo_series_mbox(src.path, src.base_sha))
-    mboxes = [series_mbox] + ([SEED_THREAD] if SEED_THREAD.is_file() else [])
+    if not SEED_THREAD.is_file():
+        raise InfraError(f"demo data missing: {SEED_THREAD} (a broken install of kbot?)")
+    mboxes = [series_mbox, SEED_THREAD]
     inbox_root = demo_dir / f"inbox-{os.getpid()}"
     progress(f"serving {len(mboxes)} thread(s) from a loopback public-inbox")
     inbox = serve_mbox(inbox_root, mboxes, "kvm")

@@ -51,9 +51,10 @@ def _backend(value: str | None, ctx: Any) -> Backend | None:
 
 def cmd_test_series(args: argparse.Namespace, ctx: Any) -> int:
     from bot.intake.cli import _fetch_thread, _looks_like_msgid
-    from bot.jobs import report_result
-    from bot.pipeline import SeriesJob, series_from_source
-    from bot.pipeline_report import patch_outcomes
+    from bot.pipeline.report import patch_outcomes
+    from bot.pipeline.runner import report_result
+    from bot.pipeline.series_job import SeriesJob
+    from bot.pipeline.source import series_from_source
     from bot.vm.plan import load_plan
 
     source: str | bytes = args.source
@@ -118,7 +119,7 @@ def _series_table(result: Any, outcomes: Any) -> str:
 
 
 def cmd_run_jobs(args: argparse.Namespace, ctx: Any) -> int:
-    from bot.jobs import outcome_table, run_queued
+    from bot.pipeline.runner import outcome_table, run_queued
 
     outcomes = run_queued(ctx.config, ctx.store, backend=_backend(args.backend, ctx))
     print(outcome_table(outcomes) if outcomes else "no queued jobs")
@@ -126,9 +127,9 @@ def cmd_run_jobs(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, ctx: Any) -> int:
-    from bot.demo import run_demo
-    from bot.jobs import outcome_table
-    from bot.pipeline import stderr_progress
+    from bot.pipeline.demo import run_demo
+    from bot.pipeline.runner import outcome_table
+    from bot.pipeline.series_job import stderr_progress
     from bot.state import Store
 
     config, outcomes = run_demo(ctx.config.state_dir, stderr_progress)

@@ -1,0 +1,49 @@
+"""Where a job's series comes from: the raw mail kbot stored, or a file / fetched thread."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from bot.errors import InfraError, InputError, UserError
+from bot.intake.cli import load_messages
+from bot.intake.mail import parse_message
+from bot.intake.mbox import ParseProblem
+from bot.intake.model import Series
+from bot.intake.series import assemble, newest_first
+from bot.state import Store
+
+log = logging.getLogger(__name__)
+
+
+def series_from_store(store: Store, series_id: int) -> tuple[Series, str]:
+    """Re-assemble a recorded series from the raw mail kbot stored (diffs are not kept in the
+    series row; the raw messages are the source of truth)."""
+    row = store.get_series(series_id)
+    if row is None:
+        raise UserError(f"no series with id {series_id} in the store")
+    messages = []
+    for stored in store.messages(row.list):
+        if stored.raw is None:
+            continue
+        try:
+            messages.append(parse_message(stored.raw))
+        except InputError as exc:  # stored raw mail that no longer parses: skip it, keep it
+            log.debug("stored <%s> no longer parses: %s", stored.msgid, exc)
+    for s in assemble(messages):
+        if s.key == row.key:
+            return s, row.list
+    raise InfraError(f"series {row.key} no longer assembles from the stored messages")
+
+
+def series_from_source(source: str | Path | bytes, *, max_bytes: int) -> Series:
+    """The newest series revision in a file / fetched thread."""
+    problems: list[ParseProblem] = []
+    messages = load_messages(source, max_bytes=max_bytes, problems=problems)
+    for problem in problems:
+        log.warning("skipped %s", problem)
+    found = newest_first(assemble(messages))
+    if not found:
+        raise UserError(f"{source if not isinstance(source, bytes) else 'thread'}: "
+                        "no patch series found")
+    return found[0]
