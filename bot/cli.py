@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot import __version__
-from bot.config import Config, load_config
+from bot.config import Config, load_layered
 from bot.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, KbotError
 from bot.state import Store
 
@@ -29,6 +29,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bot.bisect.cli",
     "bot.report.cli",
     "bot.pipeline.cli",
+    "bot.pipeline.jobs_cli",
+    "bot.web.cli",
+    "bot.service.cli",
+    "bot.executor.cli",
+    "bot.config_cli",
 )
 
 
@@ -58,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kbot {__version__}")
     parser.add_argument(
         "-c", "--config", type=Path, default=None,
-        help="config file (default: the embedded configs/kvm.toml)",
+        help="config file, the top layer over configs/kvm.toml, /etc/kbot/config.toml, "
+        "~/.config/kbot/config.toml and $KBOT_CONFIG",
     )
     parser.add_argument(
         "--state-dir", type=Path, default=None,
@@ -83,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ctx: Context | None = None
     try:
-        config = load_config(args.config)
+        config = load_layered(args.config).config  # the layers, -c on top
         if args.state_dir is not None:
             from dataclasses import replace
 

@@ -6,9 +6,9 @@ codec for all of them means a field added to a result type is stored and loaded 
 without a hand-written to_json/from_json pair drifting apart from the class.
 
 Supported: frozen dataclasses (nested), Enums (by value), tuples (`tuple[X, ...]` and fixed
-`tuple[X, Y]`), `dict[str, X]`, `X | None`, Path (as a string), str/int/float/bool. Loading
-is strict: an unknown or missing field, a wrong type or an unknown enum value is an InputError
-naming where in the data it is, never a half-built value.
+`tuple[X, Y]`), `dict[str, X]`, `X | None`, Path (as a string), datetime (ISO 8601),
+str/int/float/bool. Loading is strict: an unknown or missing field, a wrong type or an unknown
+enum value is an InputError naming where in the data it is, never a half-built value.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import dataclasses
 import enum
 import types
 import typing
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +34,8 @@ def dump(value: Any) -> Any:
         return value.value
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
     if isinstance(value, tuple | list):
         return [dump(v) for v in value]
     if isinstance(value, dict):
@@ -75,6 +78,11 @@ def load(tp: Any, data: Any, where: str = "data") -> Any:
         return load_dataclass(tp, data, where)
     if tp is Path and isinstance(data, str):
         return Path(data)
+    if tp is datetime and isinstance(data, str):
+        try:
+            return datetime.fromisoformat(data)
+        except ValueError:
+            raise InputError(f"{where}: {data!r} is not an ISO 8601 time") from None
     if tp is float and isinstance(data, int | float) and not isinstance(data, bool):
         return float(data)
     if tp in (int, str, bool) and type(data) is tp:
@@ -84,13 +92,25 @@ def load(tp: Any, data: Any, where: str = "data") -> Any:
     raise InputError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {data!r}"[:300])
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A class's resolved field types, once: resolving them was two thirds of a load (the web
+    series page loads ~50 stored TestRuns per view; bench/web.py)."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
 def load_dataclass(
     cls: type[T], data: Any, where: str = "data", *, ignore: tuple[str, ...] = ()
 ) -> T:
     """One dataclass from an object; keys in `ignore` (e.g. a "kind" tag) are skipped."""
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():

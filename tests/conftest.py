@@ -22,6 +22,9 @@ def _isolated_kbot_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     """No test writes to the real state dir. The cache dir (kernel tree, ccache, builds) is
     shared on purpose: the real tier reuses one cold kernel build."""
     monkeypatch.setenv("KBOT_STATE_DIR", str(tmp_path / "state"))
+    # Config layers of whoever runs the tests (~/.config/kbot, $KBOT_CONFIG) stay out.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.delenv("KBOT_CONFIG", raising=False)
 
 pytest_plugins = [
     "tests.fixtures.kernel",  # kernel source, the one shared base build, variant builds

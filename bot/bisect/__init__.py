@@ -5,7 +5,9 @@
 - core:       Bisector (injected evaluator, hooks) driving a Bisection; deterministic, flaky
               (bayes) and K-worker rounds; endpoint checks
 - bayes:      the Bayesian culprit posterior for flaky tests
-- series:     SeriesVerdict: per-test new / pre-existing / fixed / flaky, first bad patch
+- series:     SeriesVerdict: per-test new / pre-existing / fixed / flaky, first bad patch,
+              named only once reproduced (which commits to boot again until then)
+- windows:    the series model: posterior over the stretch of commits a test fails on
 - replay:     the `git bisect replay` log
 - gitgraph:   candidates read from a git repository
 - evaluators: `git bisect run`-style command evaluator in scratch worktrees

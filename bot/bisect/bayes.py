@@ -36,12 +36,47 @@ class FlakyModel:
     prior_fail_a: float = 1.0
     prior_fail_b: float = 1.5
     false_fail: float = 0.01  # how often a good commit fails anyway
+    # Prior weight of "a bad commit fails every run" (but for a false pass as rare as a false
+    # fail), the rest going to the Beta prior. Most kernel test regressions are deterministic:
+    # with weight on that, two fails at a commit make a pass at its parent strong evidence that
+    # the parent is good, which a Beta prior alone never allows (a pass is always plausible for
+    # a bad commit failing some unknown fraction of runs). 0 keeps the pure Beta prior (the
+    # bisection search, calibrated in bench/bisection.py).
+    deterministic: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.false_fail < 0.5:
             raise ValueError("false_fail must be in (0, 0.5)")
         if self.prior_fail_a <= 0 or self.prior_fail_b <= 0:
             raise ValueError("Beta prior parameters must be positive")
+        if not 0.0 <= self.deterministic < 1.0:
+            raise ValueError("deterministic must be in [0, 1)")
+
+    def log_bad(self, fails: int, passes: int) -> float:
+        """log P(these runs | every one ran on a bad commit), the failure rate integrated out."""
+        a, b = self.prior_fail_a, self.prior_fail_b
+        beta = _lbeta(a + fails, b + passes) - _lbeta(a, b)
+        if self.deterministic <= 0.0:
+            return beta
+        eps = self.false_fail
+        det = fails * math.log1p(-eps) + passes * math.log(eps)
+        return _logaddexp(math.log(self.deterministic) + det,
+                          math.log1p(-self.deterministic) + beta)
+
+    def log_good(self, fails: int, passes: int) -> float:
+        """log P(these runs | every one ran on a good commit)."""
+        return fails * math.log(self.false_fail) + passes * math.log1p(-self.false_fail)
+
+    def mean_fail(self, fails: int, passes: int) -> float:
+        """The expected failure rate of a bad commit after these runs on bad commits."""
+        a, b = self.prior_fail_a, self.prior_fail_b
+        beta_mean = (a + fails) / (a + b + fails + passes)
+        if self.deterministic <= 0.0:
+            return beta_mean
+        eps = self.false_fail
+        det = fails * math.log1p(-eps) + passes * math.log(eps)
+        w_det = math.exp(math.log(self.deterministic) + det - self.log_bad(fails, passes))
+        return w_det * (1.0 - eps) + (1.0 - w_det) * beta_mean
 
 
 def _h(p: float) -> float:
@@ -53,6 +88,11 @@ def _h(p: float) -> float:
 
 def _lbeta(x: float, y: float) -> float:
     return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
+
+
+def _logaddexp(x: float, y: float) -> float:
+    top = max(x, y)
+    return top + math.log(math.exp(x - top) + math.exp(y - top))
 
 
 class Posterior:
@@ -91,11 +131,9 @@ class Posterior:
     def probs(self) -> list[float]:
         if self._probs is None:
             m = self.model
-            a, b = m.prior_fail_a, m.prior_fail_b
-            le, l1e = math.log(m.false_fail), math.log1p(-m.false_fail)
             tf, tp = self.total_fails, self.total_passes
             logs = [
-                _lbeta(a + f, b + p) + (tf - f) * le + (tp - p) * l1e
+                m.log_bad(f, p) + m.log_good(tf - f, tp - p)
                 for f, p in zip(self.fails_below, self.passes_below, strict=True)
             ]
             top = max(logs)
@@ -134,11 +172,9 @@ class Posterior:
     def _compute_gains(self) -> list[float]:
         ps = self.probs()
         m = self.model
-        a, b, eps = m.prior_fail_a, m.prior_fail_b, m.false_fail
-        mean_q = [
-            (a + f) / (a + b + f + p)
-            for f, p in zip(self.fails_below, self.passes_below, strict=True)
-        ]
+        eps = m.false_fail
+        mean_q = [m.mean_fail(f, p)
+                  for f, p in zip(self.fails_below, self.passes_below, strict=True)]
         s = self.graph.ancestor_sums(ps)
         sq = self.graph.ancestor_sums([p * q for p, q in zip(ps, mean_q, strict=True)])
         sh = self.graph.ancestor_sums([p * _h(q) for p, q in zip(ps, mean_q, strict=True)])

@@ -1,12 +1,18 @@
 """`kbot bisect`: first bad commit of a range, with live progress on stderr and a table on stdout.
 
     kbot bisect --tree PATH --good REV --bad REV --test NAME [--jobs K] [--confidence P]
-                [--max-runs N] [--flaky] [--log FILE]
+                [--max-runs N] [--flaky] [--log FILE] [--report [--in-reply-to MSGID]]
     kbot bisect --tree PATH --good REV --bad REV --command 'CMD ARGS'   (like `git bisect run`)
 
 --test builds each commit with the build stage and runs one KVM selftest in a VM with the vm
 stage; --command runs a command in a checkout of each commit instead (exit 0 good, 125 skip,
 1..127 bad).
+
+A bad endpoint that passes is run again (up to 6 runs, stopping at its first failure) before
+kbot says it is not bad. Without --flaky or --deterministic the search starts like `git bisect
+run` and reruns its answer's first bad commit and parents twice before naming it; a failure seen
+only some of the time (at the bad endpoint, or on those reruns) switches it to the flaky search
+by itself, which the output says.
 """
 
 from __future__ import annotations
@@ -65,13 +71,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="the test may fail only some of the time: Bayesian search from the start "
                         "(otherwise it switches when the results show flakiness)")
     p.add_argument("--deterministic", action="store_true",
-                   help="never switch to the flaky search; contradictions end the bisection")
+                   help="never switch to the flaky search and do not rerun the answer (as "
+                        "`git bisect run`); contradictions end the bisection")
     p.add_argument("--endpoint-runs", type=int, default=1, metavar="N",
                    help="runs at each endpoint before searching (default 1)")
     p.add_argument("--timeout", type=float, default=3600.0, metavar="S",
                    help="--command: time limit per run (default 3600)")
     p.add_argument("--log", type=Path, default=None, metavar="FILE",
                    help="also write the `git bisect replay` log here")
+    p.add_argument("--report", action="store_true",
+                   help="--test: queue a bisection report (threaded under the culprit's patch "
+                        "mail when the list archive has it; Cc its committer and maintainers)")
+    p.add_argument("--in-reply-to", metavar="MSGID", default=None,
+                   help="--report: reply to this mail (a Message-ID or lore URL) instead")
+    p.add_argument("--list", default=None, metavar="NAME",
+                   help="--report: the list to search and Cc (default: every configured list)")
     p.set_defaults(func=cmd_bisect)
 
 
@@ -86,6 +100,10 @@ def _check_args(args: argparse.Namespace, jobs: int, confidence: float, max_runs
         raise UserError(f"--endpoint-runs {args.endpoint_runs}: must be between 1 and 100")
     if args.flaky and args.deterministic:
         raise UserError("--flaky and --deterministic exclude each other")
+    if args.report and args.test is None:
+        raise UserError("--report needs --test: a --command bisection names no test to report")
+    if (args.in_reply_to or args.list) and not args.report:
+        raise UserError("--in-reply-to and --list go with --report")
     if not args.tree.is_dir():
         raise UserError(f"--tree {args.tree}: no such directory")
 
@@ -187,4 +205,35 @@ def cmd_bisect(args: argparse.Namespace, ctx: Context) -> int:
     sys.stdout.write("\n" + res.replay_log)
     if args.log is not None:
         args.log.write_text(res.replay_log, encoding="utf-8")
+    if args.report:
+        _report(args, ctx, repo, res, evaluator)
     return EXIT_BY_STATUS[res.status]
+
+
+def _report(args: argparse.Namespace, ctx: Context, repo: Path, res: BisectResult,
+            evaluator: Evaluator) -> None:
+    """Queue the bisection report (bot.pipeline.bisect_report); say where it went."""
+    from bot.bisect.kernel_eval import KernelEvaluator
+    from bot.pipeline.bisect_report import bisection_context, verdict_ok
+    from bot.report.deliver import Reporter
+
+    if not verdict_ok(res):
+        print(f"kbot bisect: no report: {res.message}", file=sys.stderr)
+        return
+    report = bisection_context(
+        ctx.config, repo, res, args.test, bad_rev=args.bad,
+        evaluator=evaluator if isinstance(evaluator, KernelEvaluator) else None,
+        in_reply_to=args.in_reply_to, list_name=args.list, set_name=args.set)
+    from bot.pipeline.artifacts import write_bisection_artifacts
+
+    folder = write_bisection_artifacts(ctx.config, report)
+    if folder is not None:
+        print(f"kbot bisect: report, repro.sh and log in {folder}", file=sys.stderr)
+    row = Reporter(ctx.config, ctx.store).submit(report)
+    if row is None:
+        print("kbot bisect: not reported: an earlier report said the same", file=sys.stderr)
+        return
+    where = f" in reply to <{report.in_reply_to}>" if report.in_reply_to else ""
+    print(f"report queued{where}: <{row.msgid}> {row.status}"
+          + (f" ({row.last_error})" if row.last_error else "")
+          + f"  (kbot outbox show '{row.msgid}')")

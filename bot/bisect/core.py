@@ -11,6 +11,14 @@ BAD keeps only its ancestors, SKIP marks it untestable; it stops when only the b
 With `jobs` K > 1 each round tests K commits splitting the candidates into K + 1 parts.
 Flaky mode (bot.bisect.bayes) runs when asked, or when the evidence shows the test is not
 deterministic: an endpoint that both passes and fails, or a round whose results contradict.
+
+The user says the bad endpoint fails: when it passes, it is run again (up to
+`bad_endpoint_runs`, stopping at the first failure) before the bisection concludes that it does
+not fail; a failure seen only on a rerun is a flaky test, and the search switches to flaky mode.
+Unless the mode was forced, a deterministic answer is confirmed before it is given: the first
+bad commit and its parents are run `confirm_runs` more times; a parent that fails or a culprit
+that passes means a flaky test fooled the binary search, which then continues as a flaky search
+from every run made so far. So a flaky regression is found without being told it is flaky.
 """
 
 from __future__ import annotations
@@ -38,9 +46,13 @@ from bot.errors import InfraError
 
 Evaluator = Callable[[Commit], "Verdict | Outcome"]
 
-# In flaky mode the bad endpoint is run until it first fails, at most this many times: a test
-# that fails 50% of the time passes 6 runs in a row 1.6% of the time.
+# A bad endpoint that passes is run again until it first fails, at most this many times in all:
+# a test that fails 50% of the time passes 6 runs in a row 1.6% of the time.
 FLAKY_BAD_ENDPOINT_RUNS = 6
+# Reruns of a deterministic answer's culprit and parents (auto mode): a binary search misled by
+# a flaky pass lands on a culprit whose parent is bad too; a test failing 70% of the time shows
+# that in 2 reruns 91% of the time, at the cost of 2 runs per commit when the test is sound.
+CONFIRM_RUNS = 2
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,8 @@ class BisectOptions:
     endpoint_runs: int = 1  # runs at each good endpoint (and at the bad one, deterministic)
     check_endpoints: bool = True
     model: FlakyModel = field(default_factory=FlakyModel)
+    bad_endpoint_runs: int = FLAKY_BAD_ENDPOINT_RUNS  # most runs at a bad endpoint that passes
+    confirm_runs: int = CONFIRM_RUNS  # auto mode: reruns of a deterministic culprit and parents
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
@@ -60,6 +74,8 @@ class BisectOptions:
             raise ValueError("confidence must be in [0.5, 1.0)")
         if self.max_runs < 1 or self.endpoint_runs < 1:
             raise ValueError("max_runs and endpoint_runs must be at least 1")
+        if self.bad_endpoint_runs < 1 or self.confirm_runs < 0:
+            raise ValueError("bad_endpoint_runs must be at least 1, confirm_runs at least 0")
 
 
 class Hooks:
@@ -366,19 +382,24 @@ class Bisector:
         opts = self.options
         bad = state.graph.commit(state.graph.bad)
         flaky = state.mode is Mode.FLAKY
-        bad_runs = FLAKY_BAD_ENDPOINT_RUNS if flaky else opts.endpoint_runs
         commits: list[Commit] = []
         roles: list[Role] = []
         for g in state.goods:
             commits += [g] * opts.endpoint_runs
             roles += [Role.ENDPOINT_GOOD] * opts.endpoint_runs
-        first = 1 if flaky else bad_runs
+        first = 1 if flaky else opts.endpoint_runs
         commits += [bad] * first
         roles += [Role.ENDPOINT_BAD] * first
         self._round(state, commits, roles)
-        # Flaky: keep running the bad end until it fails once (or the allowance is spent).
-        while flaky and not any(o.verdict is Verdict.BAD for o in state.outcomes[bad.sha]) and (
-                len(state.outcomes[bad.sha]) < bad_runs):
+        # The user says the bad end fails: while it only passes, run it again until it fails
+        # once (a flaky test) or the allowance is spent (it really passes). Flaky mode also
+        # retries a run that could not test it.
+        while True:
+            outs = state.outcomes[bad.sha]
+            if any(o.verdict is Verdict.BAD for o in outs) or len(outs) >= opts.bad_endpoint_runs:
+                break
+            if not flaky and not any(o.verdict is Verdict.GOOD for o in outs):
+                break
             self._round(state, [bad], [Role.ENDPOINT_BAD])
         for g in state.goods:
             outs = state.outcomes[g.sha]
@@ -411,15 +432,71 @@ class Bisector:
             self.hooks.on_mode(Mode.FLAKY, "the bad endpoint both passes and fails")
         return None
 
+    def _confirm(self, state: Bisection) -> BisectResult | str:
+        """Rerun the deterministic culprit and its parents: "" when they agree, else why not
+        (or a result, when a good endpoint fails on its rerun)."""
+        alive = [i for i, a in enumerate(state.alive) if a]
+        if alive != [state.bad]:
+            return ""  # inconclusive (skips): nothing named to confirm
+        culprit = state.graph.commit(state.bad)
+        goods = {g.sha: g for g in state.goods}
+        parents = [state.graph.commit(p) for p in state.graph.parents(state.bad)]
+        parents += [goods[p] for p in culprit.parents if p in goods]
+        if not parents:
+            parents = list(state.goods)  # its parents are older than a good endpoint
+        batch = [*parents, culprit]
+        roles = [Role.CONFIRM] * len(batch)
+        for _ in range(self.options.confirm_runs):
+            if self.options.jobs == 1:
+                groups = [[(c, r)] for c, r in zip(batch, roles, strict=True)]
+            else:
+                groups = [list(zip(batch, roles, strict=True))]
+            for group in groups:
+                self._round(state, [c for c, _ in group], [r for _, r in group])
+                for commit, _ in group:
+                    why = self._disagrees(state, commit, culprit)
+                    if why and commit.sha in goods:
+                        return state.result(Status.WRONG_ENDPOINT,
+                                            f"good endpoint {why}: it is not good")
+                    if why:
+                        return why
+        return ""
+
+    @staticmethod
+    def _disagrees(state: Bisection, commit: Commit, culprit: Commit) -> str:
+        outs = state.outcomes[commit.sha]
+        fails = sum(1 for o in outs if o.verdict is Verdict.BAD)
+        passes = sum(1 for o in outs if o.verdict is Verdict.GOOD)
+        if commit.sha == culprit.sha and passes:
+            return (f"the first bad commit {commit.describe()} passes on a rerun "
+                    f"({fails} of {fails + passes} runs fail)")
+        if commit.sha != culprit.sha and fails:
+            return (f"{commit.describe()}, a parent of the first bad commit, fails on a rerun "
+                    f"({fails} of {fails + passes} runs)")
+        return ""
+
     def _run(self, state: Bisection) -> BisectResult:
         if self.options.check_endpoints:
             early = self._endpoints(state)
             if early is not None:
                 return early
+        # Only a search left to its own judgement confirms its answer: a forced mode is the
+        # user's word that the test is (or is not) deterministic.
+        confirmed = self.options.mode is not None or self.options.confirm_runs == 0
         while True:
             picks = state.next_commits(self.options.jobs)
             if not picks:
-                break
+                if confirmed or state.mode is Mode.FLAKY:
+                    break
+                confirmed = True
+                why = self._confirm(state)
+                if isinstance(why, BisectResult):
+                    return why
+                if not why:
+                    break
+                state.switch_to_flaky(why)
+                self.hooks.on_mode(Mode.FLAKY, why)
+                continue
             self._round(state, picks, [Role.SEARCH] * len(picks))
             if state.contradiction:
                 if self.options.mode is Mode.DETERMINISTIC:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from bot.bisect.model import Commit, Outcome, Verdict
 from bot.build.kernel import BuildResult, BuildStatus, KernelBuilder
 from bot.config import Config
 from bot.errors import UserError
+from bot.executor.base import BootTask, BuildTask, Executor, TaskRecord, make_executor
+from bot.tree import git
 from bot.vm.host import probe
 from bot.vm.model import Backend, HostCaps, RunStatus, TestRun
 from bot.vm.model import Outcome as TestOutcome
@@ -107,12 +110,17 @@ def verdict_of_run(run: TestRun, test: str) -> Outcome:
 
 
 class KernelEvaluator:
-    """evaluate(commit) for `kbot bisect --test NAME` (thread-safe: builds serialize in the
-    builder's slot lock; VM boots of a round run side by side)."""
+    """evaluate(commit) for `kbot bisect --test NAME` (thread-safe: the K commits of a K-ary
+    round build side by side in the executor's build slots, or one after the other in the
+    builder's slot lock, and their VM boots run side by side).
+
+    With an `executor` (bot/executor/) each build and boot is a task there: on this machine's
+    thread pools, or on `kbot worker`s; `timeline` then says where and when each ran."""
 
     def __init__(self, builder: KernelBuilder, repo: Path, test: str, choice: TestChoice,
                  options: RunOptions, host: HostCaps,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, *,
+                 executor: Executor | None = None, forced: Backend | None = None) -> None:
         self.builder = builder
         self.repo = repo
         self.test = test
@@ -120,21 +128,52 @@ class KernelEvaluator:
         self.options = options
         self.host = host
         self.progress = progress
+        self.executor = executor
+        self.forced = forced
+        self.scope = f"bisect-{uuid.uuid4().hex[:12]}"
         self._lock = threading.Lock()
         self.builds: dict[str, BuildResult] = {}
         self.runs: dict[str, list[TestRun]] = {}
+        self.timeline: list[TaskRecord] = []
+
+    def _build(self, sha: str) -> BuildResult:
+        if self.executor is None:
+            return self.builder.build(self.repo, sha, progress=self.progress)
+        task = BuildTask(self.repo, sha, git.tree_id(self.repo, sha),
+                         self.builder.config_fingerprint, None, f"{sha[:12]} build")
+        ran = self.executor.build(task).result()
+        with self._lock:
+            self.timeline.append(ran.record)
+        return ran.value
+
+    def _boot(self, sha: str, build: BuildResult) -> list[TestRun]:
+        assert build.artifacts.bzimage is not None and build.artifacts.selftests_dir is not None
+        if self.executor is None:
+            return run_plan(build.artifacts.bzimage, build.artifacts.selftests_dir,
+                            self.choice.plan, self.choice.backend, self.host,
+                            options=self.options, progress=self.progress)
+        with self._lock:
+            n = len(self.runs.get(sha, ())) + 1  # the n-th boot of this commit
+        runs: list[TestRun] = []
+        futures = [self.executor.boot(BootTask(
+            self.scope, build.key, build.artifacts.bzimage, build.artifacts.selftests_dir,
+            self.choice.plan, route, n, f"{sha[:12]} r{n} {route.queue}"))
+            for route in self.executor.routes(self.choice.plan, self.forced)]
+        for fut in futures:
+            ran = fut.result()
+            runs.extend(ran.value)
+            with self._lock:
+                self.timeline.append(ran.record)
+        return runs
 
     def __call__(self, commit: Commit) -> Outcome:
-        build = self.builder.build(self.repo, commit.sha, progress=self.progress)
+        build = self._build(commit.sha)
         with self._lock:
             self.builds[commit.sha] = build
         skip = verdict_of_build(build, self.test)
         if skip is not None:
             return skip
-        assert build.artifacts.bzimage is not None and build.artifacts.selftests_dir is not None
-        runs = run_plan(build.artifacts.bzimage, build.artifacts.selftests_dir,
-                        self.choice.plan, self.choice.backend, self.host,
-                        options=self.options, progress=self.progress)
+        runs = self._boot(commit.sha, build)
         with self._lock:
             self.runs.setdefault(commit.sha, []).extend(runs)
         if len(runs) != 1:
@@ -159,5 +198,10 @@ def kernel_evaluator(config: Config, repo: Path, test: str, set_name: str | None
         memory_mb=config.vm.memory_mb,
         boot_timeout_s=config.vm.boot_timeout_s,
     )
+    progress = _stderr if verbose else None
+    # Builds and boots go through the configured executor (bot/executor/): this process's
+    # thread pools, or `kbot worker`s. The VM runner is this module's (a test's fake VM).
+    executor = make_executor(config, host=host, run_plan=run_plan, options=options,
+                             progress=progress)
     return KernelEvaluator(KernelBuilder.from_config(config), repo, test, choice, options, host,
-                           _stderr if verbose else None)
+                           progress, executor=executor, forced=forced)

@@ -63,6 +63,7 @@ class Role(enum.Enum):
     ENDPOINT_GOOD = "endpoint-good"
     ENDPOINT_BAD = "endpoint-bad"
     SEARCH = "search"
+    CONFIRM = "confirm"  # a rerun of the first bad commit or its parent before naming it
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class BisectResult:
     message: str  # one line a person reads first
     replay_log: str  # `git bisect replay` accepts it
     candidates_at_start: int = 0
-    search_runs: int = 0  # runs not spent on endpoint checks
+    search_runs: int = 0  # runs spent searching (not on endpoint checks or confirmation)
     notes: tuple[str, ...] = field(default=())
 
     @property

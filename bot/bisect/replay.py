@@ -42,19 +42,21 @@ def replay_log(graph: CommitGraph, goods: Sequence[Commit], tested: Sequence[Tes
                culprit: Commit | None, candidates: Sequence[Commit]) -> str:
     lines = ["git bisect start"]
     bad = graph.commit(graph.bad)
-    endpoint_done = {t.commit.sha for t in tested if t.role is not Role.SEARCH}
+    endpoints = (Role.ENDPOINT_GOOD, Role.ENDPOINT_BAD)
+    endpoint_done = {t.commit.sha for t in tested if t.role in endpoints}
     # Endpoints first, as `git bisect start BAD GOOD...` would, even when they were not run.
     pre: list[tuple[Verdict, Commit, str]] = []
     pre.append((Verdict.BAD, bad, ""))
     pre += [(Verdict.GOOD, g, "") for g in goods]
     by_sha = {t.commit.sha: t for t in tested}
+    good_shas = {g.sha for g in goods}
     for verdict, commit, _ in pre:
         t = by_sha.get(commit.sha)
         note = f" ({_runs_comment(t)})" if t is not None and commit.sha in endpoint_done else ""
         lines.append(f"# {verdict.value}: [{commit.sha}] {commit.subject}{note}")
         lines.append(f"git bisect {verdict.value} {commit.sha}")
     for t in tested:
-        if t.role is not Role.SEARCH or t.commit.sha == bad.sha:
+        if t.role in endpoints or t.commit.sha == bad.sha or t.commit.sha in good_shas:
             continue
         mark = _mark(graph, t, culprit)
         lines.append(f"# {mark.value}: [{t.commit.sha}] {t.commit.subject} ({_runs_comment(t)})")

@@ -5,15 +5,22 @@ A slot is a directory under `<cache_dir>/build/slots/`, one per repository, hold
 git worktree of it (`src/`) and, per config fingerprint, the kbuild output directory
 (`out-<fp>/`, the reused `O=`), a scratch `O=` used only to compute the effective .config
 (`cfg-<fp>/`), and `state-<fp>.json` saying which commit `out-<fp>/` holds and the diagnostics
-of each translation unit. Walking c0..cN in order through one slot is
+of each translation unit (bot/build/slot.py). Walking c0..cN in order through one
+slot is
 incremental: `git checkout` rewrites only the files a patch changed, so make rebuilds only what
 depends on them, and the warnings of the new tree are the previous tree's with the rebuilt units
 replaced. The source path and `out/` stay the same for the slot's whole life, because kbuild
 records absolute source paths in its .cmd files and would rebuild everything if they moved;
-CCACHE_BASEDIR is the slot, so ccache hits across slots too.
+CCACHE_BASEDIR is the slot, so ccache hits across slots too. kbot's ccache lives in
+`<cache_dir>/ccache` (CCACHE_DIR), not in the operator's home.
 
-Builds run untrusted code (a patch's Makefile): no network, an environment without secrets, a
-time limit for the whole build, and the process group killed when it runs past it.
+Builds run untrusted code (a patch's Makefile), each make step in the build sandbox
+(bot/build/sandbox.py, bubblewrap): no network, no secrets (a clean environment, a private HOME
+and /tmp, only the system directories of the host visible), nothing writable but the slot's
+worktree, its O= directories and the ccache dir, per-step limits on memory, processes and file
+size, the build log bounded, a time limit for the whole build and the process group killed when
+it runs past it. The sandbox is probed before the first build; when it cannot start, the build
+is an ERROR naming the reason — kbot could not build here — never a FAIL, and never stored.
 
 Why not tuxmake: it would replace the three make calls of the config step and the bzImage call
 (some 30 lines here), but not what this module is for — the per-unit diagnostics and new-warning
@@ -22,6 +29,16 @@ accounting, the content-addressed store, static selftests with `make -k` and the
 subprocesses would bypass bot.proc (no-network namespace, clean environment, one timeout that
 kills the process group). A dependency that saves 30 lines and costs those guarantees is not
 worth keeping.
+
+One module per step; KernelBuilder here only orchestrates them and owns the store entries:
+
+  bot/build/slot.py            the reused slots: their paths, worktrees, state files, locks
+  bot/build/config_step.py     the effective .config (base + fragments + olddefconfig)
+  bot/build/kernel_step.py     make bzImage, its diagnostics scanned per unit
+  bot/build/selftests_step.py  the static KVM selftests (make -k, the missing list)
+  bot/build/steps.py           how a step runs (sandbox, log, deadline), what a failure means
+  bot/build/result.py          BuildStatus, BuildArtifacts, BuildResult (the values)
+  bot/build/progress.py        ProgressFn, StderrProgress
 """
 
 from __future__ import annotations
@@ -29,258 +46,61 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bot import proc
-from bot.build.diagnostics import (
-    Diagnostic,
-    LogScanner,
-    Severity,
-    merge_units,
-    new_against,
+from bot.build.config_step import Fragment, config_step, dropped_options
+from bot.build.diagnostics import Diagnostic, merge_units
+from bot.build.kernel_step import ARCH, BZIMAGE, kernel_step
+from bot.build.progress import ProgressFn, StderrProgress
+from bot.build.result import BuildArtifacts, BuildResult, BuildStatus
+from bot.build.sandbox import Sandbox, git_read_paths
+from bot.build.selftests_step import SELFTEST_UNIT, expected_selftests, selftests_step
+from bot.build.slot import (
+    SlotPaths,
+    SlotState,
+    hold_slot,
+    prepare_worktree,
+    remove_slot,
+    slot_dir,
 )
+from bot.build.steps import Deadline, StepFailed, StepRunner, classify
 from bot.build.store import ArtifactStore
 from bot.config import BuildSection, Config
 from bot.errors import InfraError, ProcTimeout, UserError
-from bot.locks import locked
 from bot.tree import git
 
-ARCH = "x86_64"
-STORE_FORMAT = 1
-SELFTESTS_SUBDIR = "tools/testing/selftests/kvm"
-# A change under these paths can change what the selftests compile against (uapi headers,
-# tools/ copies of kernel headers, the selftests themselves): rebuild them from clean.
-SELFTEST_INPUTS = (
-    "include/uapi/", "arch/x86/include/uapi/", "tools/", "usr/", "scripts/", "Makefile",
-)
-SELFTEST_UNIT = "<selftests>"
-_FRAG_SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
-_FRAG_UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
-_TEST_PROGS = re.compile(
-    r"^TEST_GEN_PROGS(?:_EXTENDED)?_x86_64\s*\+?=\s*(?P<prog>[A-Za-z0-9_/\-]+)\s*$", re.M
-)
+# The names the rest of kbot imports from here; each lives in its step's module.
+__all__ = [
+    "ARCH", "SELFTEST_UNIT", "STORE_FORMAT", "BuildArtifacts", "BuildResult", "BuildStatus",
+    "Fragment", "KernelBuilder", "ProgressFn", "StderrProgress", "dropped_options",
+    "expected_selftests",
+]
 
-ProgressFn = Callable[[str], None]
-
-
-class BuildStatus(Enum):
-    PASS = "pass"
-    FAIL = "fail"  # the tree does not build: the patch's fault
-    ERROR = "error"  # kbot could not build it (timeout, tool missing, disk full): infra
-
-
-@dataclass(frozen=True)
-class BuildArtifacts:
-    bzimage: Path | None
-    selftests_dir: Path | None  # binaries at their Makefile paths: x86_64/state_test, ...
-    config: Path | None  # the effective .config
-    log: Path | None
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    status: BuildStatus
-    rev: str  # the commit asked for (another commit with the same tree may have built it)
-    tree_id: str
-    config_fingerprint: str
-    key: str  # the artifact store key
-    duration_s: float  # of the build that made the entry (0.0 never: a cached entry keeps it)
-    artifacts: BuildArtifacts
-    diagnostics: tuple[Diagnostic, ...] = ()  # every kernel warning/error of this tree
-    # The selftests' own (6.1.192's dirty_log_test and steal_time always fail to build: those
-    # errors live here, next to missing_selftests, not in `errors`).
-    selftest_diagnostics: tuple[Diagnostic, ...] = ()
-    new_warnings: tuple[Diagnostic, ...] = ()  # against `parent_rev`'s result
-    parent_rev: str | None = None
-    selftests: tuple[str, ...] = ()
-    missing_selftests: tuple[str, ...] = ()  # in the Makefile but not built (make -k)
-    config_dropped: tuple[str, ...] = ()  # requested options that olddefconfig did not keep
-    failed_step: str = ""  # config | bzImage | selftests | ""
-    message: str = ""  # one line for a report when not PASS
-    cached: bool = False  # served from the artifact store, nothing was built
-    toolchain: str = ""
-    build_seconds: float = 0.0  # what this call spent building (0 when cached)
-
-    @property
-    def ok(self) -> bool:
-        return self.status is BuildStatus.PASS
-
-    @property
-    def errors(self) -> tuple[Diagnostic, ...]:
-        return tuple(d for d in self.diagnostics if d.severity is Severity.ERROR)
-
-    @property
-    def warnings(self) -> tuple[Diagnostic, ...]:
-        return tuple(d for d in self.diagnostics if d.severity is Severity.WARNING)
-
-    def new_warnings_against(self, parent: BuildResult) -> tuple[Diagnostic, ...]:
-        mine = self.diagnostics + self.selftest_diagnostics
-        theirs = parent.diagnostics + parent.selftest_diagnostics
-        return new_against(mine, theirs, Severity.WARNING)
-
-    def summary(self) -> str:
-        head = f"{self.rev[:12]} {self.status.value.upper()}"
-        if self.cached:
-            head += " (cached)"
-        else:
-            head += f" in {self.build_seconds:.1f}s"
-        parts = [head]
-        if self.status is not BuildStatus.PASS and self.message:
-            parts.append(self.message)
-        if self.new_warnings:
-            parts.append(f"{len(self.new_warnings)} new warning(s)")
-        if self.missing_selftests:
-            parts.append(f"selftests missing: {', '.join(self.missing_selftests)}")
-        return "; ".join(parts)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "status": self.status.value, "rev": self.rev, "tree_id": self.tree_id,
-            "config_fingerprint": self.config_fingerprint, "key": self.key,
-            "duration_s": self.duration_s, "build_seconds": self.build_seconds,
-            "cached": self.cached, "toolchain": self.toolchain,
-            "artifacts": {
-                k: (str(v) if v is not None else None)
-                for k, v in vars(self.artifacts).items()
-            },
-            "diagnostics": [d.to_json() for d in self.diagnostics],
-            "selftest_diagnostics": [d.to_json() for d in self.selftest_diagnostics],
-            "new_warnings": [d.to_json() for d in self.new_warnings],
-            "parent_rev": self.parent_rev,
-            "selftests": list(self.selftests),
-            "missing_selftests": list(self.missing_selftests),
-            "config_dropped": list(self.config_dropped),
-            "failed_step": self.failed_step, "message": self.message,
-        }
-
-
-class StderrProgress:
-    """Progress of a long build on stderr: one rewritten line on a terminal, a line every
-    `every_s` seconds otherwise (CI logs)."""
-
-    def __init__(self, label: str, every_s: float = 30.0) -> None:
-        self.label = label
-        self.every_s = every_s
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.count = 0
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, line: str) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if self.tty:
-            if now - self.last < 0.2:
-                return
-            self.last = now
-            text = f"[{self.label} {now - self.start:5.0f}s {self.count} lines] {line.strip()}"
-            sys.stderr.write("\r" + text[:118].ljust(118))
-            sys.stderr.flush()
-        elif now - self.last >= self.every_s:
-            self.last = now
-            sys.stderr.write(f"[{self.label} {now - self.start:.0f}s] {line.strip()[:100]}\n")
-            sys.stderr.flush()
-
-    def done(self, text: str) -> None:
-        if self.tty:
-            sys.stderr.write("\r" + " " * 118 + "\r")
-        sys.stderr.write(f"[{self.label}] {text}\n")
-        sys.stderr.flush()
-
-
-@dataclass(frozen=True)
-class Fragment:
-    path: Path
-    text: str
-
-    def requested(self) -> dict[str, str | None]:
-        """CONFIG_X -> value, None for `# CONFIG_X is not set`."""
-        out: dict[str, str | None] = {}
-        for raw in self.text.splitlines():
-            line = raw.strip()
-            if m := _FRAG_SET.match(line):
-                out[m[1]] = m[2]
-            elif m := _FRAG_UNSET.match(line):
-                out[m[1]] = None
-        return out
-
-
-def read_config_values(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if m := _FRAG_SET.match(line):
-            out[m[1]] = m[2]
-    return out
-
-
-def dropped_options(fragments: Sequence[Fragment], config_text: str) -> tuple[str, ...]:
-    """Requested options the effective config does not have, as `CONFIG_X=y (got n)`."""
-    have = read_config_values(config_text)
-    lost: list[str] = []
-    for frag in fragments:
-        for name, want in frag.requested().items():
-            got = have.get(name)
-            if got != want:
-                shown = f"{name}={want}" if want is not None else f"{name} unset"
-                lost.append(f"{shown} (got {got if got is not None else 'unset'})")
-    return tuple(dict.fromkeys(lost))
-
-
-def expected_selftests(src: Path) -> tuple[str, ...]:
-    """The x86_64 KVM selftest programs the tree's Makefile asks for."""
-    try:
-        text = (src / SELFTESTS_SUBDIR / "Makefile").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ()
-    return tuple(dict.fromkeys(m["prog"] for m in _TEST_PROGS.finditer(text)))
+# 2: builds run in bubblewrap. Format-1 entries made by a non-root kbot may hold false FAILs
+# (`unshare --net` could not start, make never ran): never serve them.
+STORE_FORMAT = 2
 
 
 @dataclass
-class _SlotState:
-    rev: str = ""
-    selftests_rev: str = ""
-    config_rev: str = ""  # the commit cfg/.config was computed for
-    units: dict[str, tuple[Diagnostic, ...]] = field(default_factory=dict)
+class _Outcome:
+    """What the steps of one build have found so far: the orchestrator's bookkeeping."""
 
-    @classmethod
-    def load(cls, path: Path) -> _SlotState:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            units = {
-                k: tuple(Diagnostic.from_json(d) for d in v) for k, v in data["units"].items()
-            }
-            return cls(str(data["rev"]), str(data.get("selftests_rev", "")),
-                       str(data.get("config_rev", "")), units)
-        except (OSError, ValueError, KeyError, TypeError):
-            return cls()
-
-    def save(self, path: Path) -> None:
-        data = {
-            "rev": self.rev, "selftests_rev": self.selftests_rev, "config_rev": self.config_rev,
-            "units": {k: [d.to_json() for d in v] for k, v in self.units.items()},
-        }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, path)
-
-
-class _Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-
-    def left(self) -> float:
-        left = self.end - time.monotonic()
-        if left <= 0:
-            raise ProcTimeout("build time limit reached")
-        return left
+    state: SlotState
+    units: dict[str, tuple[Diagnostic, ...]]
+    status: BuildStatus = BuildStatus.PASS
+    step: str = ""  # the step running (after a failure: the one that failed)
+    message: str = ""
+    dropped: tuple[str, ...] = ()
+    selftests: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    out_touched: bool = False  # a make ran in out/ (and may have left it half-written)
 
 
 class KernelBuilder:
@@ -294,11 +114,18 @@ class KernelBuilder:
         *,
         ccache: bool | None = None,
         jobs: int | None = None,
+        slots: int = 1,
+        store_root: Path | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.section = section
         self.root = cache_dir / "build"
-        self.store = ArtifactStore(self.root)
+        # The store may live on a mount every worker shares (executor.artifact_dir); slots,
+        # with their absolute source paths, stay on this machine.
+        self.store = ArtifactStore(store_root or self.root)
+        self.slots = max(1, slots)  # builds of one repository that may run at once
+        self.ccache_dir = cache_dir / "ccache"
+        self._probed: set[Sandbox] = set()  # sandboxes that started once: no probe again
         self.ccache = section.ccache if ccache is None else ccache
         self.jobs = jobs or section.jobs or os.cpu_count() or 1
         frags: list[Fragment] = []
@@ -318,7 +145,10 @@ class KernelBuilder:
     @classmethod
     def from_config(cls, config: Config, extra_fragments: Sequence[Path] = ()) -> KernelBuilder:
         frags = [config.resolve(f) for f in config.build.fragments] + list(extra_fragments)
-        return cls(config.cache_dir, config.build, frags)
+        from bot.executor.base import artifact_root, build_slots  # late: executor imports us
+
+        return cls(config.cache_dir, config.build, frags, slots=build_slots(config),
+                   store_root=artifact_root(config))
 
     # --- identity -------------------------------------------------------------------------
 
@@ -352,27 +182,19 @@ class KernelBuilder:
         )
         return hashlib.sha256(ident.encode()).hexdigest()
 
-    def slot_dir(self, repo: Path) -> Path:
-        """One per repository: the worktree is shared by every config, each config has its own
-        `out-<fingerprint>/`; the slot lock serialises them."""
-        ident = str(repo.resolve())
-        return self.root / "slots" / hashlib.sha256(ident.encode()).hexdigest()[:16]
+    def slot_dir(self, repo: Path, n: int = 0) -> Path:
+        return slot_dir(self.root, repo, n)
+
+    @contextmanager
+    def _slot(self, repo: Path, sha: str) -> Iterator[Path]:
+        slots = [self.slot_dir(repo, n) for n in range(self.slots)]
+        with hold_slot(slots, repo, sha, self.config_fingerprint) as slot:
+            yield slot
 
     def remove_slot(self, repo: Path) -> None:
-        """Delete the slot's worktree and build dir (the stored artifacts stay)."""
-        slot = self.slot_dir(repo)
-        if not slot.exists():
-            return
-        with locked(slot / "lock"):
-            git.git(repo, "worktree", "remove", "--force", str(slot / "src"), check=False)
-            git.git(repo, "worktree", "prune", check=False)
-            for p in slot.iterdir():
-                if p.name == "lock":
-                    continue
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+        """Delete the slots' worktrees and build dirs (the stored artifacts stay)."""
+        for n in range(self.slots):
+            remove_slot(self.slot_dir(repo, n), repo)
 
     # --- the store --------------------------------------------------------------------------
 
@@ -445,9 +267,7 @@ class KernelBuilder:
         cached = self._load(key, sha)
         if cached is not None:
             return self._with_parent(cached, repo, parent)
-        slot = self.slot_dir(repo)
-        slot.mkdir(parents=True, exist_ok=True)
-        with locked(slot / "lock"):
+        with self._slot(repo, sha) as slot:
             cached = self._load(key, sha)  # another process may have built it meanwhile
             if cached is not None:
                 return self._with_parent(cached, repo, parent)
@@ -460,136 +280,108 @@ class KernelBuilder:
                 reporter.done(result.summary())
         return self._with_parent(result, repo, parent)
 
-    def _prepare_worktree(self, repo: Path, src: Path, sha: str) -> None:
-        if (src / ".git").is_file():
-            res = git.git(src, "checkout", "--detach", "--force", "--quiet", sha, check=False)
-            if res.ok:
-                # A build may have written into the sources: back to exactly the commit.
-                git.git(src, "clean", "-ffdxq")
-                return
-            shutil.rmtree(src, ignore_errors=True)
-        elif src.exists():
-            shutil.rmtree(src)
-        git.git(repo, "worktree", "prune")
-        git.git(repo, "worktree", "add", "--detach", "--force", "--quiet", str(src), sha,
-                timeout=1800)
-
-    def _make(
-        self,
-        args: Sequence[str],
-        *,
-        cwd: Path,
-        env: Mapping[str, str],
-        log: Path,
-        deadline: _Deadline,
-        on_line: ProgressFn | None = None,
-    ) -> proc.ProcResult:
-        return proc.run(
-            ["make", *args], cwd=cwd, env=env, log_path=log, on_line=on_line,
-            timeout=deadline.left(), no_network=True, capture_limit=256 * 1024,
-        )
+    def _env(self, slot: Path) -> dict[str, str]:
+        return proc.clean_env({
+            "CCACHE_DIR": str(self.ccache_dir),
+            "CCACHE_BASEDIR": str(slot),
+            "KBUILD_BUILD_TIMESTAMP": "@0", "KBUILD_BUILD_USER": "kbot",
+            "KBUILD_BUILD_HOST": "kbot",
+        })
 
     def _build_in_slot(
         self, repo: Path, sha: str, tree: str, key: str, slot: Path,
         on_line: ProgressFn, timeout_s: float,
     ) -> BuildResult:
         start = time.monotonic()
-        deadline = _Deadline(timeout_s)
-        fp = self.config_fingerprint
-        src, out, cfg = slot / "src", slot / f"out-{fp}", slot / f"cfg-{fp}"
-        state_path = slot / f"state-{fp}.json"
-        state = _SlotState.load(state_path)
-        log = slot / f"build-{fp}.log"
+        deadline = Deadline(timeout_s)
+        paths = SlotPaths(slot, self.config_fingerprint)
+        state = SlotState.load(paths.state)
+        sandbox = Sandbox.for_build(
+            self.section, writable=(paths.src, paths.out, paths.cfg, self.ccache_dir),
+            readable=(*git_read_paths(repo), *(f.path for f in self.fragments)),
+        )
         frags = " ".join(str(f.path) for f in self.fragments) or "none"
-        log.write_text(
+        paths.log.write_text(
             f"# reproduce: kbot build --tree {repo} --rev {sha}\n"
-            f"# config: {self.section.base_config} + {frags}; toolchain: {self.toolchain}\n",
+            f"# config: {self.section.base_config} + {frags}; toolchain: {self.toolchain}\n"
+            + "".join(f"# sandbox: {note}\n" for note in sandbox.notes()),
             encoding="utf-8",
         )
         staging = self.store.begin(key)
-        env = proc.clean_env({
-            "CCACHE_BASEDIR": str(slot),
-            "KBUILD_BUILD_TIMESTAMP": "@0", "KBUILD_BUILD_USER": "kbot",
-            "KBUILD_BUILD_HOST": "kbot",
-        })
-        common = [f"ARCH={ARCH}", f"CC={self.cc}"]
-        scanner = LogScanner(src, out)
-
-        def feed(line: str) -> None:
-            scanner.feed(line)
-            on_line(line)
-
-        status, step, message = BuildStatus.PASS, "", ""
-        dropped: tuple[str, ...] = ()
-        selftests: tuple[str, ...] = ()
-        missing: tuple[str, ...] = ()
-        units = dict(state.units)
+        steps = StepRunner(self._env(slot), paths.log, deadline, sandbox,
+                           self.section.max_log_mb * 1024 * 1024)
+        o = _Outcome(state, dict(state.units))
         try:
-            on_line(f"checking out {sha[:12]}")
-            self._prepare_worktree(repo, src, sha)
-            if not state.rev or not (out / ".config").is_file():
-                # Unknown contents in out/: start it over rather than trust it.
-                shutil.rmtree(out, ignore_errors=True)
-                state = _SlotState()
-                units = {}
-            out.mkdir(parents=True, exist_ok=True)
-            # --- effective config, computed in cfg/ so out/.config only changes when it must
-            step = "config"
-            cfg.mkdir(parents=True, exist_ok=True)
-            if not _config_inputs_same(src, state.config_rev, sha, cfg):
-                state.config_rev = ""
-                self._compute_config(src, cfg, env, common, log, deadline)
-            state.config_rev = sha
-            config_text = (cfg / ".config").read_text(encoding="utf-8", errors="replace")
-            dropped = dropped_options(self.fragments, config_text)
-            if dropped:
-                on_line("config: requested options dropped: " + ", ".join(dropped))
-            old = out / ".config"
-            if not old.is_file() or old.read_text(errors="replace") != config_text:
-                shutil.copyfile(cfg / ".config", old)
-            # --- the kernel
-            step = "bzImage"
-            on_line(f"make bzImage -j{self.jobs}")
-            res = self._make(
-                [f"O={out}", *common, f"-j{self.jobs}", "-Otarget", "bzImage"],
-                cwd=src, env=env, log=log, deadline=deadline, on_line=feed,
-            )
-            scan = scanner.result()
-            units = merge_units(units, scan.units)
-            if res.timed_out:
-                raise _StepFailed(
-                    BuildStatus.ERROR, f"bzImage: timed out after {res.duration_s:.0f}s"
-                )
-            if not res.ok:
-                raise _StepFailed(*_classify(res, scan.diagnostics))
-            bzimage = out / "arch/x86/boot/bzImage"
-            self.store.add_file(staging, "bzImage", bzimage)
-            # --- the KVM selftests, statically linked, against this tree's uapi headers
-            if self.section.selftests:
-                step = "selftests"
-                selftests, missing, st_units = self._build_selftests(
-                    src, out, state, sha, env, common, log, deadline, on_line, staging
-                )
-                units = merge_units(units, st_units)
-            step = ""
-        except _StepFailed as exc:
-            status, message = exc.status, exc.message
+            self._run_steps(o, repo, sha, paths, steps, on_line, staging)
+        except StepFailed as exc:
+            o.status, o.message = exc.status, exc.message
         except ProcTimeout as exc:
-            status, message = BuildStatus.ERROR, f"{step or 'build'}: {exc}"
+            o.status, o.message = BuildStatus.ERROR, f"{o.step or 'build'}: {exc}"
         except InfraError as exc:
-            status, message = BuildStatus.ERROR, f"{step or 'build'}: {exc}"
+            o.status, o.message = BuildStatus.ERROR, f"{o.step or 'build'}: {exc}"
         duration = time.monotonic() - start
         # After an ERROR (a make killed mid-write) out/ may hold half-written objects that look
-        # up to date: the next build starts it over (ccache keeps that short).
-        state.rev = "" if status is BuildStatus.ERROR else sha
-        state.units = units
-        state.save(state_path)
-        diagnostics = tuple(d for u, ds in units.items() if u != SELFTEST_UNIT for d in ds)
-        st_diagnostics = units.get(SELFTEST_UNIT, ())
-        if (cfg / ".config").is_file():
-            self.store.add_file(staging, "config", cfg / ".config")
-        if log.is_file():
-            self.store.add_file(staging, "build.log", log)
+        # up to date: the next build starts it over (ccache keeps that short). An ERROR before
+        # any make ran there (the sandbox did not start) leaves out/ as the state says it is.
+        if o.status is not BuildStatus.ERROR:
+            o.state.rev = sha
+            o.state.units = o.units
+        elif o.out_touched:
+            o.state.rev = ""
+            o.state.units = o.units
+        o.state.save(paths.state)
+        return self._store_result(o, key, tree, sha, paths, staging, duration)
+
+    def _run_steps(
+        self, o: _Outcome, repo: Path, sha: str, paths: SlotPaths, steps: StepRunner,
+        on_line: ProgressFn, staging: Path,
+    ) -> None:
+        """Checkout, sandbox probe, config, bzImage, selftests; `o` says how far it got.
+        Raises StepFailed or InfraError."""
+        common = [f"ARCH={ARCH}", f"CC={self.cc}"]
+        on_line(f"checking out {sha[:12]}")
+        prepare_worktree(repo, paths.src, sha)
+        if not o.state.rev or not (paths.out / ".config").is_file():
+            # Unknown contents in out/: start it over rather than trust it.
+            shutil.rmtree(paths.out, ignore_errors=True)
+            o.state = SlotState()
+            o.units = {}
+        paths.out.mkdir(parents=True, exist_ok=True)
+        paths.cfg.mkdir(parents=True, exist_ok=True)
+        self.ccache_dir.mkdir(parents=True, exist_ok=True)
+        o.step = "sandbox"
+        if steps.sandbox not in self._probed:
+            steps.sandbox.probe()
+            self._probed.add(steps.sandbox)
+        o.step = "config"
+        o.dropped = config_step(steps, paths.src, paths.cfg, paths.out, o.state, sha, common,
+                                self.section.base_config, self.fragments, on_line)
+        o.step = "bzImage"
+        kernel = kernel_step(steps, paths.src, paths.out, common, self.jobs, on_line)
+        o.out_touched = True
+        o.units = merge_units(o.units, kernel.scan.units)
+        if not kernel.result.ok:
+            raise StepFailed(*classify("bzImage", kernel.result, kernel.scan.diagnostics))
+        self.store.add_file(staging, "bzImage", paths.out / BZIMAGE)
+        if self.section.selftests:
+            o.step = "selftests"
+            st = selftests_step(steps, paths.src, paths.out, o.state, sha, common, self.jobs,
+                                self.cc, on_line, self.store, staging)
+            o.selftests, o.missing = st.built, st.missing
+            o.units = merge_units(o.units, st.units)
+        o.step = ""
+
+    def _store_result(
+        self, o: _Outcome, key: str, tree: str, sha: str, paths: SlotPaths, staging: Path,
+        duration: float,
+    ) -> BuildResult:
+        """The store entry (an ERROR is kept only where lookups never look) and the result."""
+        diagnostics = tuple(d for u, ds in o.units.items() if u != SELFTEST_UNIT for d in ds)
+        st_diagnostics = o.units.get(SELFTEST_UNIT, ())
+        if (paths.cfg / ".config").is_file():
+            self.store.add_file(staging, "config", paths.cfg / ".config")
+        if paths.log.is_file():
+            self.store.add_file(staging, "build.log", paths.log)
         artifacts = {
             "bzimage": "bzImage" if (staging / "bzImage").is_file() else None,
             "selftests_dir": "selftests" if (staging / "selftests").is_dir() else None,
@@ -597,25 +389,24 @@ class KernelBuilder:
             "log": "build.log" if (staging / "build.log").is_file() else None,
         }
         meta: dict[str, Any] = {
-            "format": STORE_FORMAT, "status": status.value, "tree_id": tree, "rev": sha,
+            "format": STORE_FORMAT, "status": o.status.value, "tree_id": tree, "rev": sha,
             "config_fingerprint": self.config_fingerprint, "toolchain": self.toolchain,
             "duration_s": duration, "artifacts": artifacts,
             "diagnostics": [d.to_json() for d in diagnostics],
             "selftest_diagnostics": [d.to_json() for d in st_diagnostics],
-            "selftests": list(selftests), "missing_selftests": list(missing),
-            "config_dropped": list(dropped), "failed_step": step if status.value != "pass" else "",
-            "message": message,
+            "selftests": list(o.selftests), "missing_selftests": list(o.missing),
+            "config_dropped": list(o.dropped),
+            "failed_step": o.step if o.status.value != "pass" else "",
+            "message": o.message,
         }
-        if status is BuildStatus.ERROR:
-            # Infrastructure failures are not facts about the tree: never stored as its result.
-            entry = staging.parent / f".error-{key[:12]}"
-            shutil.rmtree(entry, ignore_errors=True)
-            os.replace(staging, entry)
-            (entry / "result.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        if o.status is BuildStatus.ERROR:
+            # Infrastructure failures are not facts about the tree: never stored as its result
+            # (kept for their log where lookups never look; the next request builds again).
+            entry = self.store.keep_error(key, staging, meta)
         else:
             entry = self.store.commit(key, staging, meta)
-        result = BuildResult(
-            status=status, rev=sha, tree_id=tree, config_fingerprint=self.config_fingerprint,
+        return BuildResult(
+            status=o.status, rev=sha, tree_id=tree, config_fingerprint=self.config_fingerprint,
             key=key, duration_s=duration,
             artifacts=BuildArtifacts(
                 bzimage=entry / artifacts["bzimage"] if artifacts["bzimage"] else None,
@@ -626,122 +417,7 @@ class KernelBuilder:
                 log=entry / artifacts["log"] if artifacts["log"] else None,
             ),
             diagnostics=diagnostics, selftest_diagnostics=st_diagnostics,
-            selftests=selftests, missing_selftests=missing,
-            config_dropped=dropped, failed_step=meta["failed_step"], message=message,
+            selftests=o.selftests, missing_selftests=o.missing,
+            config_dropped=o.dropped, failed_step=meta["failed_step"], message=o.message,
             cached=False, toolchain=self.toolchain, build_seconds=duration,
         )
-        return result
-
-    def _compute_config(
-        self, src: Path, cfg: Path, env: Mapping[str, str], common: Sequence[str], log: Path,
-        deadline: _Deadline,
-    ) -> None:
-        """base config + fragments (merge_config.sh -m) + olddefconfig, in the scratch O=."""
-        steps: list[list[str]] = [
-            ["make", f"O={cfg}", *common, self.section.base_config],
-            ["bash", "scripts/kconfig/merge_config.sh", "-m", "-O", str(cfg),
-             str(cfg / ".config"), *(str(f.path) for f in self.fragments)],
-            ["make", f"O={cfg}", *common, "olddefconfig"],
-        ]
-        for argv in steps:
-            res = proc.run(argv, cwd=src, env=env, log_path=log, timeout=deadline.left(),
-                           no_network=True, capture_limit=256 * 1024)
-            if not res.ok:
-                raise _StepFailed(BuildStatus.FAIL, f"config: {res.describe()}")
-
-    def _build_selftests(
-        self, src: Path, out: Path, state: _SlotState, sha: str, env: Mapping[str, str],
-        common: Sequence[str], log: Path, deadline: _Deadline, on_line: ProgressFn,
-        staging: Path,
-    ) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, tuple[Diagnostic, ...]]]:
-        kself = out / "kselftest"
-        output = kself / "kvm"
-        fresh = True
-        if state.selftests_rev and output.is_dir():
-            try:
-                changed = git.changed_files(src, state.selftests_rev, sha)
-                fresh = any(f.startswith(SELFTEST_INPUTS) for f in changed)
-            except InfraError:
-                fresh = True
-        if fresh:
-            shutil.rmtree(kself, ignore_errors=True)
-        on_line("make headers_install")
-        res = self._make(
-            [f"O={out}", *common, "headers_install", f"INSTALL_HDR_PATH={out / 'usr'}"],
-            cwd=src, env=env, log=log, deadline=deadline,
-        )
-        if not res.ok:
-            raise _StepFailed(BuildStatus.FAIL, f"headers_install: {res.describe()}")
-        on_line(f"make -k selftests/kvm ({'clean' if fresh else 'incremental'})")
-        # gcc runs in the selftests folder (make -C): relative paths are relative to it.
-        scanner = LogScanner(src, src / SELFTESTS_SUBDIR)
-        def feed(line: str) -> None:
-            scanner.feed(line)
-            on_line(line)
-
-        res = proc.run(
-            ["make", "-k", f"-j{self.jobs}", "-Otarget", "-C", str(src / SELFTESTS_SUBDIR),
-             f"O={kself}", f"OUTPUT={output}", f"KHDR_INCLUDES=-isystem {out / 'usr/include'}",
-             "USERLDFLAGS=-static", f"CC={self.cc}"],
-            cwd=src, env=env, log_path=log, on_line=feed,
-            timeout=deadline.left(), no_network=True, capture_limit=256 * 1024,
-        )
-        if res.timed_out:
-            raise _StepFailed(BuildStatus.ERROR, "selftests: timed out")
-        state.selftests_rev = sha
-        built: list[str] = []
-        missing: list[str] = []
-        for prog in expected_selftests(src):
-            binary = output / prog
-            if binary.is_file() and os.access(binary, os.X_OK):
-                self.store.add_file(staging, f"selftests/{prog}", binary)
-                built.append(prog)
-            else:
-                missing.append(prog)
-        diags = tuple(replace(d, unit=SELFTEST_UNIT) for d in scanner.result().diagnostics)
-        # An incremental no-op prints nothing: keep the previous tree's selftest diagnostics.
-        units = {SELFTEST_UNIT: diags} if fresh else {}
-        return tuple(built), tuple(missing), units
-
-
-# A change to one of these can change the effective config; anything else cannot.
-CONFIG_INPUT_DIRS = ("scripts/", "arch/x86/configs/", "kernel/configs/", "arch/x86/Makefile")
-
-
-def _config_inputs_same(src: Path, old: str, new: str, cfg: Path) -> bool:
-    """True when cfg/.config, computed for `old`, is also the effective config of `new`."""
-    if not old or not (cfg / ".config").is_file():
-        return False
-    if old == new:
-        return True
-    try:
-        changed = git.changed_files(src, old, new)
-    except InfraError:
-        return False
-    return not any(
-        f == "Makefile" or f.startswith(CONFIG_INPUT_DIRS) or Path(f).name.startswith("Kconfig")
-        for f in changed
-    )
-
-
-class _StepFailed(Exception):
-    def __init__(self, status: BuildStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-_INFRA_MARKERS = ("No space left on device", "Cannot allocate memory", "Killed signal terminated")
-
-
-def _classify(res: proc.ProcResult, diags: Sequence[Diagnostic]) -> tuple[BuildStatus, str]:
-    """A failed make: the patch's fault (FAIL) unless it died of something around it."""
-    text = res.stdout + res.stderr
-    if res.returncode < 0 or any(m in text for m in _INFRA_MARKERS):
-        return BuildStatus.ERROR, f"bzImage: {res.describe()}"
-    errors = [d for d in diags if d.severity is Severity.ERROR]
-    if errors:
-        return BuildStatus.FAIL, f"{errors[0]}" + (
-            f" (+{len(errors) - 1} more errors)" if len(errors) > 1 else ""
-        )
-    return BuildStatus.FAIL, f"bzImage: {res.describe()}"

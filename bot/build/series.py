@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bot import failpoints
 from bot.build.kernel import BuildResult, BuildStatus, KernelBuilder, ProgressFn
+from bot.executor.base import BuildTask, Executor
 from bot.table import columns
+from bot.tree import git
 
 
 def build_commits(
@@ -15,13 +18,26 @@ def build_commits(
     shas: Sequence[str],
     *,
     progress: ProgressFn | None = None,
+    before_each: Callable[[], None] | None = None,
+    executor: Executor | None = None,
 ) -> list[BuildResult]:
     """Each commit is built after its predecessor in the same slot (incremental), and its new
-    warnings are counted against the predecessor's result."""
+    warnings are counted against the predecessor's result. `before_each` runs before every
+    build (a job's cancel/shutdown check: it may raise to stop between builds). With an
+    `executor` the builds run where it runs them (a build worker), one after the other."""
     results: list[BuildResult] = []
-    for sha in shas:
+    for i, sha in enumerate(shas):
+        if before_each is not None:
+            before_each()
         parent = results[-1] if results else None
-        results.append(builder.build(repo, sha, parent=parent, progress=progress))
+        failpoints.hit("build:before")
+        if executor is None:
+            results.append(builder.build(repo, sha, parent=parent, progress=progress))
+        else:
+            task = BuildTask(repo, sha, git.tree_id(repo, sha), builder.config_fingerprint,
+                             parent, f"c{i} build")
+            results.append(executor.build(task).result().value)
+        failpoints.hit("build:after")
     return results
 
 

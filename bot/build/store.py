@@ -4,6 +4,10 @@ An entry is a directory `artifacts/<key[:2]>/<key>/` with `result.json` written 
 is what makes the entry valid, so an interrupted store leaves nothing half-valid behind). Files
 are hard links into `blobs/<sha256>`, so the hundred-odd static selftest binaries that do not
 change between two commits take their space once.
+
+Only facts about a tree are entries: PASS and FAIL. An ERROR (kbot could not build: a timeout,
+a sandbox that did not start, a full disk) is kept for its log under `errors/`, outside
+`artifacts/`, where `load` never looks: the next request for that tree builds it again.
 """
 
 from __future__ import annotations
@@ -27,11 +31,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# The `status` a result.json holds when kbot could not build: never an entry.
+ERROR_STATUS = "error"
+
+
 class ArtifactStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.blobs = root / "blobs"
         self.entries = root / "artifacts"
+        self.errors = root / "errors"
 
     def entry_dir(self, key: str) -> Path:
         return self.entries / key[:2] / key
@@ -42,6 +51,8 @@ class ArtifactStore:
             data: dict[str, Any] = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+        if not isinstance(data, dict) or data.get("status") == ERROR_STATUS:
+            return None  # never serve "could not build" as a result
         return data
 
     def begin(self, key: str) -> Path:
@@ -66,6 +77,8 @@ class ArtifactStore:
         return dest
 
     def commit(self, key: str, staging: Path, meta: dict[str, Any]) -> Path:
+        if meta.get("status") == ERROR_STATUS:
+            raise ValueError("an infrastructure error is not a build result: use keep_error")
         (staging / "result.json").write_text(
             json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8"
         )
@@ -74,6 +87,18 @@ class ArtifactStore:
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
+        return final
+
+    def keep_error(self, key: str, staging: Path, meta: dict[str, Any]) -> Path:
+        """Keep a failed attempt's files (its log) for reading, where `load` never looks; the
+        latest attempt per key replaces the previous one."""
+        final = self.errors / key[:16]
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        (final / "result.json").write_text(
+            json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8"
+        )
         return final
 
     def abort(self, staging: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from bot.errors import InputError, UserError
 from bot.intake.mail import parse_message
-from bot.intake.mbox import DEFAULT_MAX_INFLATED, ParseProblem, iter_raw
+from bot.intake.mbox import DEFAULT_MAX_INFLATED, DEFAULT_MAX_MESSAGES, ParseProblem, iter_raw
 from bot.intake.model import Message, Series
 from bot.intake.series import assemble_all, newest_first
 
@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "show",
         help="show the series in an mbox/maildir/.eml/t.mbox.gz file or a Message-ID's thread",
     )
-    show.add_argument("source", help="a file path, or a Message-ID fetched from the archive")
+    show.add_argument("source", help="a file path, or a Message-ID or lore URL fetched from "
+                      "the archive")
     show.add_argument("--json", action="store_true", help="print JSON (one object, or a list)")
     show.add_argument("--list", default=None,
                       help="archive list to fetch a Message-ID from (default: all, then config)")
@@ -36,8 +37,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _looks_like_msgid(source: str) -> bool:
-    text = source.strip()
-    return "@" in text and not Path(text).exists() and "/" not in text.strip("<>")
+    """A Message-ID, bare or in <>, or a lore URL of one (bot.intake.lore_url)."""
+    from bot.intake.lore_url import looks_like_message_ref
+
+    return not Path(source.strip()).exists() and looks_like_message_ref(source)
+
+
+def _fetch_ref(source: str, ctx: Any, list_name: str | None) -> bytes:
+    """The thread of a Message-ID or lore URL; a URL's list is used unless --list is given."""
+    from bot.intake.lore_url import parse_message_ref
+
+    ref = parse_message_ref(source)
+    if ref is None:
+        raise UserError(f"{source}: not a Message-ID or an archive URL of one")
+    return _fetch_thread(ref.msgid, ctx, list_name or ref.list_name)
 
 
 def _fetch_thread(msgid: str, ctx: Any, list_name: str | None) -> bytes:
@@ -64,7 +77,7 @@ def load_messages(source: str | Path | bytes, *, max_bytes: int,
     """Every message of the source that parses; the rest go to `problems`."""
     out: list[Message] = []
     for raw in iter_raw(source, max_bytes=max_bytes, max_inflated=max_inflated,
-                        on_problem=problems.append):
+                        on_problem=problems.append, max_messages=DEFAULT_MAX_MESSAGES):
         try:
             out.append(parse_message(raw, max_bytes=max_bytes))
         except InputError as exc:
@@ -106,9 +119,9 @@ def cmd_show(args: argparse.Namespace, ctx: Any) -> int:
     if Path(source).exists():
         data = source
     elif _looks_like_msgid(source):
-        data = _fetch_thread(source.strip().strip("<>"), ctx, args.list)
+        data = _fetch_ref(source, ctx, args.list)
     else:
-        raise UserError(f"{source}: no such file, and not a Message-ID")
+        raise UserError(f"{source}: no such file, and not a Message-ID or lore URL")
     messages = load_messages(data, max_bytes=max_bytes, problems=problems,
                              max_inflated=ctx.config.archive.max_inflated_bytes)
     assembly = assemble_all(messages)

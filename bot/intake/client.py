@@ -3,14 +3,24 @@
 Everything that crosses the network is bounded: each request has a timeout, connection errors,
 5xx and 429 are retried with exponential backoff, response bodies are read in chunks up to
 `max_download_bytes`, and gzip bodies are inflated incrementally up to `max_inflated_bytes`
-(a small t.mbox.gz must not be able to expand into gigabytes). A server that is down or answers
-with an error is an InfraError (kbot could not look); an oversize answer is an InputError (the
-archive holds something kbot refuses to take in).
+(a small t.mbox.gz must not be able to expand into gigabytes), and a thread or search mbox
+holds at most `max_thread_messages` messages (millions of tiny mails inflate to little but
+cost gigabytes once parsed). A server that is down or answers with an error is an InfraError
+(kbot could not look); an oversize answer is an InputError (the archive holds something kbot
+refuses to take in).
+
+Time, too: requests' timeout bounds each wait for a byte, so a server that trickles a byte
+every few seconds would hold a request for ever. Each request also has an overall deadline of
+`timeout_s` from its start to its last byte, headers included: a watchdog timer shuts the
+request's socket down when it passes, and the request fails with an InfraError that says so
+(not retried: a server that slow is not going to answer the retry sooner).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -18,8 +28,13 @@ import zlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from bot import USER_AGENT
 from bot.config import ArchiveSection
@@ -54,6 +69,143 @@ class ArchiveHTTPError(InfraError):
         self.url = url
         self.status = status
         super().__init__(f"{method} {url}: HTTP {status} {reason}".rstrip())
+
+
+class ArchiveBusy(InfraError):
+    """The archive answered, but not in time or only with 5xx/429 until the retries ran out:
+    it is up, so the watcher may go on with other threads (a connection error is not this)."""
+
+
+class ThreadOverLimit(InputError):
+    """A thread (or search mbox) over a limit; `read` holds the messages before it."""
+
+    def __init__(self, message: str, read: tuple[bytes, ...]) -> None:
+        super().__init__(message)
+        self.read = read
+
+
+# -- the overall deadline ----------------------------------------------------------------------
+
+
+class _Deadline:
+    """Shuts a request's socket down once `seconds` have passed, whatever phase it is in
+    (connecting, reading headers, reading the body): the blocked read then ends at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def start(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def attach(self, conn: HTTPConnection | None) -> None:
+        """Watch this connection's socket (kept: http.client lets go of it once the answer
+        says the connection will close, while the body is still being read from it)."""
+        sock = getattr(conn, "sock", None)
+        with self._lock:
+            if isinstance(sock, socket.socket):
+                self._sock = sock
+            if self.expired:
+                self._shutdown()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is None:
+            return
+        try:
+            # The plain socket's shutdown, also under TLS: SSLSocket.shutdown would drop its
+            # SSL object under the reading thread's feet.
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._sock = None  # back in the pool, the socket may serve another request
+
+
+_WATCH = threading.local()  # .deadline: the _Deadline of this thread's request in progress
+
+
+def _attach_current(conn: HTTPConnection) -> None:
+    deadline: _Deadline | None = getattr(_WATCH, "deadline", None)
+    if deadline is not None:
+        deadline.attach(conn)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach_current(self)
+        super().request(*args, **kwargs)
+
+    def getresponse(self) -> Any:
+        _attach_current(self)  # connected by now: the socket exists
+        return super().getresponse()
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach_current(self)
+        super().request(*args, **kwargs)
+
+    def getresponse(self) -> Any:
+        _attach_current(self)
+        return super().getresponse()
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter with connections a _Deadline can find (see _Deadline)."""
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False,
+                         **pool_kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+def _dns_failure(exc: BaseException) -> bool:
+    """Did name resolution fail (somewhere in the exception's causes)?"""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, socket.gaierror | urllib3.exceptions.NameResolutionError):
+            return True
+        nested = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        seen = getattr(seen, "reason", None) or nested or seen.__cause__ or seen.__context__
+    return False
+
+
+def _short_reason(exc: requests.RequestException) -> str:
+    """One short phrase for a failed request (requests' own text runs to several lines)."""
+    text = str(exc)
+    if isinstance(exc, requests.ConnectTimeout | requests.ReadTimeout):
+        why = "timed out"
+    elif "Connection refused" in text:
+        why = "connection refused"
+    elif "reset" in text.lower() or "aborted" in text.lower():
+        why = "connection reset"
+    else:
+        why = text.splitlines()[0][:120] if text else "failed"
+    return f"{type(exc).__name__}: {why}"
 
 
 def quote_msgid(msgid: str) -> str:
@@ -109,7 +261,7 @@ def parse_atom(body: bytes, list_url: str) -> list[FeedEntry]:
     return entries
 
 
-def split_mboxrd(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def split_mboxrd(chunks: Iterator[bytes]) -> Generator[bytes, None, None]:
     """Raw messages of an mboxrd stream, one at a time, with the `>From ` quoting undone.
 
     Streaming on purpose: the watcher reads a delivery-ordered search result only until it
@@ -159,6 +311,10 @@ class ArchiveClient:
         self.base_url = cfg.base_url.rstrip("/")
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
+        adapter = _WatchedAdapter()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self._deadlines: dict[int, _Deadline] = {}  # id(response) -> its running deadline
 
     def close(self) -> None:
         self.session.close()
@@ -186,46 +342,86 @@ class ArchiveClient:
         """A streamed response with a 2xx status, after retries; the caller reads the body."""
         attempts = max(1, self.cfg.retries + 1)
         last = ""
+        answered = False  # did the last try get an HTTP answer (5xx / 429)?
         for attempt in range(attempts):
             if attempt:
                 delay = self.cfg.backoff_s * (2 ** (attempt - 1))
                 log.debug("retrying %s %s in %.1fs (%s)", method, url, delay, last)
                 time.sleep(delay)
+            deadline = _Deadline(self.cfg.timeout_s).start()
+            _WATCH.deadline = deadline
             try:
                 resp = self.session.request(
                     method, url, params=params, stream=True, timeout=self.cfg.timeout_s,
                     headers={"Accept-Encoding": "identity"},
                 )
             except requests.RequestException as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                deadline.cancel()
+                if deadline.expired:
+                    raise self._overdue(method, url) from exc
+                if _dns_failure(exc):
+                    # A name that does not resolve will not resolve a second later: no retry.
+                    raise InfraError(f"the archive {self.base_url} is unreachable: cannot "
+                                     f"resolve {urllib.parse.urlsplit(url).hostname} "
+                                     "(archive.base_url)") from exc
+                last = _short_reason(exc)
+                answered = False
                 continue
+            except BaseException:
+                deadline.cancel()
+                raise
+            finally:
+                _WATCH.deadline = None
             if resp.status_code in RETRY_STATUS:
+                deadline.cancel()
                 last = f"HTTP {resp.status_code}"
+                answered = True
                 resp.close()
                 continue
             if resp.status_code >= 400:
+                deadline.cancel()
                 resp.close()
                 raise ArchiveHTTPError(method, resp.url, resp.status_code, resp.reason or "")
+            # The body is read later (_chunks): the deadline runs on until its last byte.
+            conn = getattr(resp.raw, "connection", None)
+            deadline.attach(conn if isinstance(conn, HTTPConnection) else None)
+            self._deadlines[id(resp)] = deadline
             return resp
-        raise InfraError(f"{method} {url}: archive unreachable after {attempts} tries: {last}")
+        raise (ArchiveBusy if answered else InfraError)(
+            f"the archive {self.base_url} (archive.base_url) is unreachable "
+            f"after {attempts} tries: {last} ({method} {url})")
+
+    def _overdue(self, method: str, url: str) -> InfraError:
+        return ArchiveBusy(
+            f"{method} {url}: no complete answer within the {self.cfg.timeout_s:g}s deadline "
+            "(archive.timeout_s): the archive is too slow or stalled"
+        )
 
     def _chunks(self, resp: requests.Response, url: str) -> Iterator[bytes]:
-        """The body in chunks, refusing more than max_download_bytes."""
+        """The body in chunks, refusing more than max_download_bytes or past the deadline."""
+        deadline = self._deadlines.pop(id(resp), None)
         limit = self.cfg.max_download_bytes
         declared = resp.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > limit:
-            resp.close()
-            raise InputError(f"{url}: response of {declared} bytes is over the {limit}-byte limit")
-        got = 0
         try:
+            if declared.isdigit() and int(declared) > limit:
+                raise InputError(
+                    f"{url}: response of {declared} bytes is over the {limit}-byte limit")
+            got = 0
             for chunk in resp.iter_content(CHUNK):
                 got += len(chunk)
                 if got > limit:
                     raise InputError(f"{url}: response is over the {limit}-byte download limit")
                 yield chunk
-        except requests.RequestException as exc:
+            if deadline is not None and deadline.expired:
+                # The socket was shut: what came may be cut short without an error.
+                raise self._overdue(resp.request.method or "GET", url)
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            if deadline is not None and deadline.expired:
+                raise self._overdue(resp.request.method or "GET", url) from exc
             raise InfraError(f"{url}: connection lost while reading: {exc}") from exc
         finally:
+            if deadline is not None:
+                deadline.cancel()
             resp.close()
 
     def _inflate(self, chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
@@ -267,13 +463,32 @@ class ArchiveClient:
             if close is not None:
                 close()
 
+    def _count_capped(self, chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
+        """An mboxrd stream passed through, refusing more than max_thread_messages messages
+        (counted by their `From ` lines: mboxrd quotes any such line inside a message)."""
+        limit = self.cfg.max_thread_messages
+        count = 0
+        tail = b"\n"  # a separator split across two chunks is counted once
+        try:
+            for chunk in chunks:
+                count += (tail + chunk).count(b"\nFrom ")
+                if count > limit:
+                    raise InputError(
+                        f"{url}: more than {limit} messages (archive.max_thread_messages)")
+                tail = (tail + chunk)[-5:]
+                yield chunk
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
     def _get_bytes(self, url: str, params: dict[str, str] | None = None) -> bytes:
         resp = self._request("GET", url, params)
         return b"".join(self._chunks(resp, url))
 
-    def _gzip_bytes(self, method: str, url: str, params: dict[str, str] | None = None) -> bytes:
+    def _mbox_bytes(self, method: str, url: str, params: dict[str, str] | None = None) -> bytes:
         resp = self._request(method, url, params)
-        return b"".join(self._inflate(self._chunks(resp, url), url))
+        return b"".join(self._count_capped(self._inflate(self._chunks(resp, url), url), url))
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -340,7 +555,7 @@ class ArchiveClient:
         """The whole x=m result as one (inflated, bounded) mboxrd blob."""
         url = self.list_url(list_name)
         try:
-            return self._gzip_bytes("POST", url, {"q": query, "x": "m"})
+            return self._mbox_bytes("POST", url, {"q": query, "x": "m"})
         except ArchiveHTTPError as exc:
             if exc.status == 404:
                 return b""
@@ -349,7 +564,32 @@ class ArchiveClient:
     def thread_mbox(self, msgid: str, list_name: str | None = None) -> bytes:
         """`/<list>/<msgid>/t.mbox.gz`: the whole thread around msgid, inflated (mboxrd)."""
         url = self.message_url(msgid, list_name) + "t.mbox.gz"
-        return self._gzip_bytes("GET", url)
+        return self._mbox_bytes("GET", url)
+
+    def thread_messages(self, msgid: str, list_name: str | None = None) -> tuple[bytes, ...]:
+        """The raw messages of msgid's thread (t.mbox.gz), read in full before they are
+        returned (so a slow consumer never holds the download open past its deadline).
+
+        Over max_thread_messages, or a body over a byte limit or cut short: ThreadOverLimit,
+        an InputError whose `read` holds the messages that came before it.
+        """
+        url = self.message_url(msgid, list_name) + "t.mbox.gz"
+        resp = self._request("GET", url)
+        limit = self.cfg.max_thread_messages
+        read: list[bytes] = []
+        stream = split_mboxrd(self._inflate(self._chunks(resp, url), url))
+        try:
+            for raw in stream:
+                if len(read) >= limit:
+                    raise InputError(
+                        f"{url}: more than {limit} messages (archive.max_thread_messages); "
+                        f"kept the first {limit}")
+                read.append(raw)
+        except InputError as exc:
+            raise ThreadOverLimit(str(exc), tuple(read)) from exc
+        finally:
+            stream.close()
+        return tuple(read)
 
     def raw(self, msgid: str, list_name: str | None = None) -> bytes:
         """`/<list>/<msgid>/raw`: one message as the archive stored it."""

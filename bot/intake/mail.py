@@ -75,24 +75,32 @@ def _name(msgid: str, subject: str = "") -> str:
     return "message without Message-ID"
 
 
+_ID_HEADERS = frozenset({"message-id", "in-reply-to", "references"})
+
+
 def clean_msgid(value: str | None) -> str | None:
-    """`<a@b>` -> `a@b`; a bare id is kept; None/empty -> None."""
+    """`<a@b>` -> `a@b`; a bare id is kept; None/empty/unusable -> None.
+
+    An id goes into the store, into threading and into the In-Reply-To of kbot's reports:
+    one with angle brackets or control characters in it is no id at all."""
     if not value:
         return None
     m = _MSGID.search(value)
     if m:
-        return m.group(1)
-    value = value.strip()
-    return value.split()[0] if value else None
+        found = m.group(1)
+    else:
+        words = value.split()
+        found = words[0].strip("<>") if words else ""
+    if not found or any(c in "<>" or ord(c) < 0x20 or ord(c) == 0x7F for c in found):
+        return None
+    return found
 
 
 def _msgid_list(value: str | None) -> tuple[str, ...]:
     if not value:
         return ()
-    found = _MSGID.findall(value)
-    if found:
-        return tuple(found)
-    return tuple(v for v in value.split() if "@" in v)
+    found = _MSGID.findall(value) or [v for v in value.split() if "@" in v]
+    return tuple(c for v in found if (c := clean_msgid(f"<{v.strip('<>')}>")))
 
 
 def _check_header_bytes(raw: bytes, who: object) -> bytes:
@@ -125,8 +133,12 @@ def _header(raw: dict[str, str], name: str, who: object) -> str | None:
     value = raw.get(name.lower())
     if value is None:
         return None
-    if "=?" not in value and value.isascii():
+    if ("=?" not in value and value.isascii()) or name.lower() in _ID_HEADERS:
+        # Message-IDs are never encoded words, and the header registry's msg-id parser cuts
+        # an odd one short (`<\x80,@x>` became `<\x80`): take the text as it is.
         text = _unfold(value)
+        if any("\udc80" <= c <= "\udcff" for c in text):
+            text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     else:
         try:
             # Encoded-words or 8-bit text: the email package's header registry decodes them.
@@ -265,7 +277,8 @@ def _date(value: str | None) -> datetime | None:
         return None
     try:
         return parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
+        # OverflowError: a year, hour or zone of 20 digits does not fit datetime's C ints.
         return None
 
 

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_MAX_INFLATED = 256 * 1024 * 1024
+# For a caller that keeps every message (a thread or a series file, parsed into memory): a
+# small .gz of millions of tiny mails would cost gigabytes once parsed. Streaming callers
+# (the intake benchmark over a whole list archive) pass None: they hold one message at a time.
+DEFAULT_MAX_MESSAGES = 20_000
 _MBOXRD_UNQUOTE = re.compile(rb"(?m)^>(>*From )")
 _SEP = re.compile(rb"\n\r?\nFrom ")
 _READ_CHUNK = 1 << 18
@@ -225,12 +229,35 @@ def iter_mail(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_inflated: int = DEFAULT_MAX_INFLATED,
+    max_messages: int | None = None,
 ) -> Iterator[RawMail | ParseProblem]:
     """Every message of `source` (path or bytes) as RawMail, or a ParseProblem for a bad piece.
 
     A path may be an mbox/mboxrd file, a gzipped mbox, a maildir (cur/ and new/, in name order)
-    or a single message file; bytes may be any of the file forms.
+    or a single message file; bytes may be any of the file forms. With `max_messages`, a source
+    holding more pieces than that yields the first ones, then raises InputError naming the
+    limit.
     """
+    if max_messages is None:
+        yield from _iter_mail(source, max_bytes=max_bytes, max_inflated=max_inflated)
+        return
+    name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
+    items = _iter_mail(source, max_bytes=max_bytes, max_inflated=max_inflated)
+    try:
+        for count, item in enumerate(items, start=1):
+            if count > max_messages:
+                raise InputError(f"{name}: more than {max_messages} messages (the limit for "
+                                 f"one thread or series file); read the first {max_messages}")
+            yield item
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+def _iter_mail(
+    source: Source, *, max_bytes: int, max_inflated: int
+) -> Iterator[RawMail | ParseProblem]:
     if not isinstance(source, bytes) and Path(source).is_dir():
         root = Path(source)
         subdirs = [root / "cur", root / "new"]
@@ -251,7 +278,9 @@ def iter_mail(
         except (EOFError, zlib.error, gzip.BadGzipFile, OSError, InputError) as exc:
             yield ParseProblem(name, f"compressed stream is broken: {exc}")
             return
-        if not first:
+        if not first and not hasattr(stream, "peek"):
+            # No peek (BytesIO): read and rewind. A peekable stream that shows nothing is
+            # empty, and may not seek (a gzip stream that inflates to nothing).
             first = stream.read(_SNIFF)
             stream.seek(0)
         if first.startswith(b"From ") or _FROM_LINE.search(first):
@@ -283,10 +312,13 @@ def iter_raw(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_inflated: int = DEFAULT_MAX_INFLATED,
     on_problem: Callable[[ParseProblem], None] | None = None,
+    max_messages: int | None = None,
 ) -> Iterator[bytes]:
-    """The raw bytes of each good message; each bad piece goes to `on_problem` (default: log)."""
+    """The raw bytes of each good message; each bad piece goes to `on_problem` (default: log).
+    Over `max_messages` pieces: InputError, after the first ones (see iter_mail)."""
     report = on_problem or _log_problem
-    for item in iter_mail(source, max_bytes=max_bytes, max_inflated=max_inflated):
+    for item in iter_mail(source, max_bytes=max_bytes, max_inflated=max_inflated,
+                          max_messages=max_messages):
         if isinstance(item, ParseProblem):
             report(item)
         else:

@@ -29,12 +29,13 @@ REPLY_TRAILERS = frozenset(
      "Closes"}
 )
 _DIFF_START = re.compile(r"^diff --git |^diff -|^Index: |^--- \S")
-_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+# Line counts of at most 18 digits: a longer one is no real hunk, and int() refuses numbers of
+# over 4300 digits (a ValueError, not an InputError) anyway.
+_HUNK = re.compile(r"^@@ -([0-9]{1,18})(?:,([0-9]{1,18}))? \+([0-9]{1,18})(?:,([0-9]{1,18}))? @@")
 _IN_BODY_HEADER = re.compile(r"^(From|Subject|Date):\s*(.*)$")
 _BASE_COMMIT = re.compile(r"^base-commit:\s*([0-9a-fA-F]{7,64})\s*$", re.M)
 _PREREQ = re.compile(r"^prerequisite-patch-id:\s*([0-9a-fA-F]{40,64})\s*$", re.M)
 _CHANGE_ID = re.compile(r"^change-id:\s*(\S+)\s*$", re.M)
-_QUOTED = re.compile(r'^"((?:[^"\\]|\\.)*)"')
 _BINARY_NEXT = ("literal ", "delta ", "diff --git ")
 
 
@@ -81,18 +82,62 @@ def has_diff(body: str) -> bool:
     return diff_offset(body) is not None
 
 
+# The escapes git's quote_c_style() writes (and unquote_c_style() reads) besides \ooo octal.
+_C_ESCAPES = {ord("a"): 7, ord("b"): 8, ord("f"): 12, ord("n"): 10, ord("r"): 13, ord("t"): 9,
+              ord("v"): 11, ord("\\"): 92, ord('"'): 34}
+
+
+_C_SPECIAL = re.compile(rb'["\\\x00]')
+
+
+def unquote_c_style(data: bytes, start: int = 0) -> tuple[bytes, int] | None:
+    r"""git's quote.c unquote_c_style(): the C-quoted string at `data[start]` (which must be
+    `"`) decoded to bytes, and the offset just past its closing quote; None where git fails.
+
+    Byte for byte as git: \a \b \f \n \r \t \v \\ \" and three octal digits whose first
+    is 0-3 (any byte, so `\056` is `.`); anything else after a backslash, a NUL or the end of
+    the data before the closing quote is an error. Like git it does not stop at a newline.
+    """
+    if data[start:start + 1] != b'"':
+        return None
+    out = bytearray()
+    i, n = start + 1, len(data)
+    while True:
+        found = _C_SPECIAL.search(data, i)
+        j = found.start() if found else n
+        out += data[i:j]
+        if j >= n or data[j] == 0x00:
+            return None
+        i = j + 1
+        if data[j] == 0x22:
+            return bytes(out), i
+        if i >= n:
+            return None
+        ch = data[i]
+        i += 1
+        if ch in _C_ESCAPES:
+            out.append(_C_ESCAPES[ch])
+        elif 0x30 <= ch <= 0x33:  # octal with first digit over 3 would overflow a byte
+            value = ch - 0x30
+            for _ in range(2):
+                if i >= n or not 0x30 <= data[i] <= 0x37:
+                    return None
+                value = (value << 3) | (data[i] - 0x30)
+                i += 1
+            out.append(value)
+        else:
+            return None
+
+
 def _unquote_path(text: str) -> tuple[str, str]:
     """Parse one path (maybe C-quoted) at the start of text; return (path, rest)."""
-    m = _QUOTED.match(text)
-    if m:
-        raw = m.group(1)
-        value = (
-            raw.encode("latin-1", errors="backslashreplace")
-            .decode("unicode_escape")
-            .encode("latin-1", errors="replace")
-            .decode("utf-8", errors="replace")
-        )
-        return value, text[m.end():].lstrip(" ")
+    if text.startswith('"'):
+        raw = text.encode("utf-8", errors="surrogateescape")
+        found = unquote_c_style(raw)
+        if found is not None:
+            value, end = found
+            rest = raw[end:].decode("utf-8", errors="surrogateescape")
+            return value.decode("utf-8", errors="replace"), rest.lstrip(" ")
     path, _, rest = text.partition("\t")
     return path.rstrip(), rest
 
@@ -232,12 +277,20 @@ def _flush(result: list[int], ctx: hashlib._Hash) -> hashlib._Hash:
     return hashlib.sha1()
 
 
+def _atoi(digits: bytes) -> int:
+    """C's atoi() as glibc does it: strtol() saturating at LONG_MAX, then cut to an int."""
+    digits = digits.lstrip(b"0") or b"0"
+    value = int(digits) if len(digits) <= 19 else 2**63 - 1
+    value = min(value, 2**63 - 1) & 0xFFFFFFFF
+    return value - 2**32 if value >= 2**31 else value
+
+
 def _scan_hunk_header(line: bytes) -> tuple[int, int] | None:
     m = re.match(rb"@@ -\d*(?:,(\d*))? \+\d*(?:,(\d*))?", line)
     if m is None:
         return None
-    before = int(m.group(1) or b"0") if m.group(1) is not None else 1
-    after = int(m.group(2) or b"0") if m.group(2) is not None else 1
+    before = _atoi(m.group(1)) if m.group(1) is not None else 1
+    after = _atoi(m.group(2)) if m.group(2) is not None else 1
     return before, after
 
 

@@ -2,12 +2,16 @@
 
 The rules follow `b4 am` (the reference): a `Re:` subject is a reply, never a patch; `0/N` is a
 cover; a mail with an unquoted diff is a patch; a follow-up without `Re:` and without a diff is a
-reply too. Patches join the series of the cover (or patch 1/N) they are threaded under, else a
-series of the same version, total and author sent within a day (patches not threaded under their
-cover). Duplicates and resends are dropped with a note (b4 would keep a same-content resend as an
-extra patch); a v2 sent as replies to some v1 patches (partial reroll) is completed from v1 as b4
-does. Trailers come from the patch and from replies; a reply to the cover applies to every patch.
-Review trailers only from replies (Signed-off-by / Co-developed-by count only inside the patch).
+reply too. Patches join the series of the cover (or patch 1/N) they are threaded under; a patch
+whose parent is not there (the cover did not reach the archive yet) joins the series of the same
+thread (References root), version, total and author; only a patch that starts a thread of its
+own falls back to a series of the same version, total and author sent within a day (patches not
+threaded under their cover), after every threaded patch has its place. Two series by one author
+that reply to different missing messages stay two series. Duplicates and resends are dropped
+with a note (b4 would keep a same-content resend as an extra patch); a v2 sent as replies to
+some v1 patches (partial reroll) is completed from v1 as b4 does. Trailers come from the patch
+and from replies; a reply to the cover applies to every patch. Review trailers only from
+replies (Signed-off-by / Co-developed-by count only inside the patch).
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class _Group:
     total: int
     email: str
     date: datetime | None
+    root: str  # the thread root (References[0]) of the mail that started the group
     cover: _Item | None = None
     slots: dict[int, list[_Item]] = field(default_factory=dict)
     carried: dict[int, _Item] = field(default_factory=dict)  # partial reroll backfill
@@ -93,6 +98,10 @@ class Assembly:
 
     series: tuple[Series, ...]
     ignored: tuple[str, ...] = ()
+    # Per series, in the same order: the Message-IDs of the cover and patch mail it was made
+    # of (not the patches a partial reroll carries over from an earlier revision, nor dropped
+    # duplicates). The watcher keys a series' identity on this mail, not on Series.key.
+    owned: tuple[frozenset[str], ...] = ()
 
 
 def _classify(msg: Message) -> _Item:
@@ -135,10 +144,14 @@ def _ancestors(item: _Item, items: dict[str, _Item]) -> Iterator[str]:
                 queue.append(parent.msg)
 
 
-def _thread_root(msg: Message) -> str:
+def thread_root(msg: Message) -> str:
+    """The Message-ID a thread starts with: References[0], else In-Reply-To, else its own."""
     if msg.references:
         return msg.references[0]
     return msg.in_reply_to or msg.msgid
+
+
+_thread_root = thread_root
 
 
 def _close_in_time(a: datetime | None, b: datetime | None) -> bool:
@@ -179,31 +192,73 @@ def assemble_all(messages: Iterable[Message]) -> Assembly:
 
     for it in ordered:
         if it.kind is Kind.COVER:
-            g = _Group(it.version, it.total, it.email, it.msg.date, cover=it)
+            g = _Group(it.version, it.total, it.email, it.msg.date, _thread_root(it.msg),
+                       cover=it)
             groups.append(g)
             group_of[it.msg.msgid] = g
 
     patches = [it for it in ordered if it.kind in (Kind.PATCH, Kind.BROKEN_PATCH)]
     patches.sort(key=lambda it: (it.index, *_sort_key(it)))
-    for it in patches:
-        found = _threaded_group(it, items, group_of)
-        if found is not None:
-            g = found
-        else:
-            near = _unthreaded_group(it, groups)
-            if near is None:
-                g = _Group(it.version, it.total, it.email, it.msg.date)
-                groups.append(g)
-            else:
-                g = near
-            if near is not None and g.cover is not None:
-                g.notes.append(
-                    f"patch {it.index}/{it.total} <{it.msg.msgid}> is not threaded under the cover"
-                )
+    anchor = {it.msg.msgid: _anchor(it, items) for it in patches}
+    leads = {a for a in anchor.values() if a is not None}
+    loose: list[_Item] = []  # patches that start a thread of their own and lead none
+    visiting: set[str] = set()
+
+    def join(it: _Item, g: _Group) -> _Group:
         g.add(it)
         group_of[it.msg.msgid] = g
         if it.kind is Kind.BROKEN_PATCH:
             g.notes.append(f"skipped: {it.error}")
+        return g
+
+    def place(it: _Item) -> _Group | None:
+        msgid = it.msg.msgid
+        if msgid in group_of:
+            return group_of[msgid]
+        if msgid in visiting:  # a References loop
+            return None
+        visiting.add(msgid)
+        try:
+            up = anchor.get(msgid)
+            parent = items.get(up) if up is not None else None
+            if parent is not None and parent.kind is Kind.COVER:
+                return join(it, group_of[parent.msg.msgid])
+            if parent is not None:
+                g = place(parent)
+                if g is not None:
+                    return join(it, g)
+            root = _thread_root(it.msg)
+            if root != msgid:
+                # Threaded, but not under a cover or patch that is here: the series of the
+                # same thread, else a new one (never another thread's, by author alone).
+                g = _same_thread_group(it, root, groups)
+                if g is None:
+                    g = _Group(it.version, it.total, it.email, it.msg.date, root)
+                    groups.append(g)
+                return join(it, g)
+            if msgid in leads:  # patch 1/N of a series without a cover
+                g = _Group(it.version, it.total, it.email, it.msg.date, root)
+                groups.append(g)
+                return join(it, g)
+            loose.append(it)
+            return None
+        finally:
+            visiting.discard(msgid)
+
+    for it in patches:
+        place(it)
+    for it in loose:
+        if it.msg.msgid in group_of:
+            continue
+        near = _unthreaded_group(it, groups)
+        if near is None:
+            near = _Group(it.version, it.total, it.email, it.msg.date, _thread_root(it.msg))
+            groups.append(near)
+        elif near.cover is not None:
+            near.notes.append(
+                f"patch {it.index}/{it.total} <{it.msg.msgid}> is not threaded under the cover"
+            )
+        join(it, near)
 
     kept: dict[str, _Item] = {}  # msgid of any patch mail -> the one kept at its place
     for g in groups:
@@ -217,11 +272,39 @@ def assemble_all(messages: Iterable[Message]) -> Assembly:
                 f"<{it.msg.msgid}>: not a patch, cover or reply ({it.msg.subject[:60]!r})"
             )
 
-    series = [_build(g, reply_trailers) for g in groups if g.slots or g.carried or g.cover]
-    series = _drop_resends(series)
-    series.sort(key=lambda s: (s.patches[0].date.timestamp() if s.patches and s.patches[0].date
-                               else 0.0, s.version))
-    return Assembly(tuple(series), tuple(ignored))
+    built = [(_build(g, reply_trailers), _owned(g)) for g in groups
+             if g.slots or g.carried or g.cover]
+    built = _drop_resends(built)
+    built.sort(key=lambda b: (b[0].patches[0].date.timestamp()
+                              if b[0].patches and b[0].patches[0].date else 0.0, b[0].version))
+    return Assembly(tuple(s for s, _ in built), tuple(ignored), tuple(o for _, o in built))
+
+
+def _owned(g: _Group) -> frozenset[str]:
+    ids = {slot[0].msg.msgid for slot in g.slots.values() if slot}
+    if g.cover is not None:
+        ids.add(g.cover.msg.msgid)
+    return frozenset(ids)
+
+
+def find_series(candidates: Iterable[Series], key: str, msgids: Iterable[str]) -> Series | None:
+    """The series with this key, else the one holding the most of `msgids` (a series whose
+    late cover or 1/N changed its key since it was recorded)."""
+    items = list(candidates)
+    for s in items:
+        if s.key == key:
+            return s
+    wanted = set(msgids)
+    best: Series | None = None
+    best_n = 0
+    for s in items:
+        held = {p.message_id for p in s.patches}
+        if s.cover is not None:
+            held.add(s.cover.message_id)
+        n = len(held & wanted)
+        if n > best_n:
+            best, best_n = s, n
+    return best
 
 
 def _infer_versions(items: dict[str, _Item]) -> None:
@@ -236,22 +319,37 @@ def _infer_versions(items: dict[str, _Item]) -> None:
             it.version_override = parent.version
 
 
-def _threaded_group(
-    it: _Item, items: dict[str, _Item], group_of: dict[str, _Group]
-) -> _Group | None:
+def _anchor(it: _Item, items: dict[str, _Item]) -> str | None:
+    """The nearest cover (same version) or patch (same version and total) above `it`."""
     for a in _ancestors(it, items):
         parent = items.get(a)
         if parent is None:
             continue
         if parent.kind is Kind.COVER and parent.version == it.version:
-            return group_of[a]
+            return a
         if (
             parent.kind in (Kind.PATCH, Kind.BROKEN_PATCH)
             and parent.version == it.version
             and parent.total == it.total
-            and a in group_of
         ):
-            return group_of[a]
+            return a
+    return None
+
+
+def _fits(it: _Item, g: _Group) -> bool:
+    """Same version, total and author, and its place is free (or holds the same change)."""
+    if (g.version, g.total, g.email) != (it.version, it.total, it.email):
+        return False
+    present = g.slots.get(it.index, [])
+    return not present or any(
+        p.parsed and it.parsed and p.parsed.patch_id == it.parsed.patch_id for p in present
+    )
+
+
+def _same_thread_group(it: _Item, root: str, groups: list[_Group]) -> _Group | None:
+    for g in groups:
+        if g.root == root and _fits(it, g):
+            return g
     return None
 
 
@@ -259,15 +357,10 @@ def _unthreaded_group(it: _Item, groups: list[_Group]) -> _Group | None:
     best: _Group | None = None
     best_gap: float | None = None
     for g in groups:
-        if (g.version, g.total, g.email) != (it.version, it.total, it.email):
-            continue
+        if not _fits(it, g):
+            continue  # another version/author, or that place has different content
         if not _close_in_time(g.date, it.msg.date):
             continue
-        present = g.slots.get(it.index, [])
-        if present and not any(
-            p.parsed and it.parsed and p.parsed.patch_id == it.parsed.patch_id for p in present
-        ):
-            continue  # that place is taken by different content: another series
         gap = 0.0
         if g.date is not None and it.msg.date is not None:
             try:
@@ -449,25 +542,27 @@ def _build(g: _Group, reply_trailers: dict[str, list[Trailer]]) -> Series:
     )
 
 
-def _drop_resends(series: list[Series]) -> list[Series]:
+def _drop_resends(
+    series: list[tuple[Series, frozenset[str]]]
+) -> list[tuple[Series, frozenset[str]]]:
     """Two complete revisions with the same version, author and patch-ids: keep the later."""
-    out: list[Series] = []
+    out: list[tuple[Series, frozenset[str]]] = []
     by_content: dict[tuple[object, ...], int] = {}
-    for s in series:
+    for s, own in series:
         if not s.patches:
-            out.append(s)
+            out.append((s, own))
             continue
         key = (s.version, s.author.email.lower(), tuple(p.patch_id for p in s.patches),
                tuple(p.index for p in s.patches))
         if key in by_content:
             at = by_content[key]
             old = out[at]
-            first, second = sorted((old, s), key=lambda x: _series_date(x))
-            note = f"resend: same patches as {first.key}, which was dropped"
-            out[at] = replace(second, notes=(*second.notes, note))
+            first, second = sorted((old, (s, own)), key=lambda x: _series_date(x[0]))
+            note = f"resend: same patches as {first[0].key}, which was dropped"
+            out[at] = (replace(second[0], notes=(*second[0].notes, note)), second[1])
         else:
             by_content[key] = len(out)
-            out.append(s)
+            out.append((s, own))
     return out
 
 

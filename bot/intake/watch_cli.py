@@ -62,6 +62,9 @@ def print_report(report: WatchReport, out: TextIO) -> None:
             state = "recorded" if rec.complete else f"recorded, missing {list(rec.missing)}"
             rows.append((f"job {rec.job_id}", f"v{rec.version}", f"{rec.patches}/{rec.total}",
                          f"{rec.title} [{state}]"))
+        for rec in lst.requeued:
+            rows.append((f"job {rec.job_id}", f"v{rec.version}", f"{rec.patches}/{rec.total}",
+                         f"{rec.title} [requeued: its patches changed]"))
         for w in lst.waiting:
             rows.append(("waiting", "", "", f"{w.title} [missing {list(w.missing)}, "
                                             f"{w.waited_s:.0f}s]"))

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "to its base, build every patch incrementally, boot each kernel and run the test plan, "
         "classify each test against the base and queue the reports. Exit 1 when a patch "
         "regresses a test.")
-    p.add_argument("source", help="mbox / maildir / .eml / t.mbox.gz file, or a Message-ID")
+    p.add_argument("source", help="mbox / maildir / .eml / t.mbox.gz file, or a Message-ID "
+                   "or lore URL (https://lore.kernel.org/<list>/<msgid>/)")
     p.add_argument("--tree", help="tree name from the config, or a path to a git repository")
     p.add_argument("--list", help="the list the series came from (filters, Cc, base rules)")
     p.add_argument("--backend", choices=BACKENDS, default=None)
@@ -38,9 +39,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = sub.add_parser(
         "demo",
         help="the main job end to end on this machine (loopback public-inbox, linux 6.1)",
-        description="Serve the shared seed thread and a generated 3-patch series from a "
-        "loopback public-inbox, watch it, test every series (build + QEMU TCG + Bochs) and "
-        "write the reports to the outbox. The first run pays one cold kernel build.")
+        description="Serve the real kvm-list seed thread (eVMCS nested-state migration, 2021) "
+        "and a generated 4-patch series against linux 6.1 whose patch 3 makes "
+        "KVM_GET_NESTED_STATE lose the eVMCS flag from a loopback public-inbox; watch it, "
+        "test every series (build + QEMU TCG + Bochs) and write the reports to the outbox. "
+        "The first run pays one cold kernel build.")
     d.set_defaults(func=cmd_demo)
 
 
@@ -50,7 +53,7 @@ def _backend(value: str | None, ctx: Any) -> Backend | None:
 
 
 def cmd_test_series(args: argparse.Namespace, ctx: Any) -> int:
-    from bot.intake.cli import _fetch_thread, _looks_like_msgid
+    from bot.intake.cli import _fetch_ref, _looks_like_msgid
     from bot.pipeline.report import patch_outcomes
     from bot.pipeline.runner import report_result
     from bot.pipeline.series_job import SeriesJob
@@ -60,8 +63,14 @@ def cmd_test_series(args: argparse.Namespace, ctx: Any) -> int:
     source: str | bytes = args.source
     if not Path(args.source).exists():
         if not _looks_like_msgid(args.source):
-            raise UserError(f"{args.source}: no such file, and not a Message-ID")
-        source = _fetch_thread(args.source.strip().strip("<>"), ctx, args.list)
+            raise UserError(f"{args.source}: no such file, and not a Message-ID or lore URL")
+        source = _fetch_ref(args.source, ctx, args.list)
+        if args.list is None:  # a lore URL names the list: its Cc and rules, when configured
+            from bot.intake.lore_url import parse_message_ref
+
+            ref = parse_message_ref(args.source)
+            if ref is not None and ref.list_name in {lst.name for lst in ctx.config.lists}:
+                args.list = ref.list_name
     series = series_from_source(source, max_bytes=ctx.config.archive.max_message_bytes)
     store = ctx.store
     sid = store.upsert_series(series.key, args.list or "", title=series.title,
@@ -110,9 +119,12 @@ def _series_table(result: Any, outcomes: Any) -> str:
         for t in result.verdict.tests:
             if t.kind.value != "pass":
                 where = f" first bad patch {t.first_bad_patch}" if t.first_bad_patch else ""
+                if t.first_bad_patch:
+                    where += f" ({t.confidence:.2f})"
+                unsure = f" [unsure: {t.note}]" if t.unsure else ""
                 lines.append(f"{t.kind.value:>12}: {t.test}{where} "
                              f"(base {t.base.describe()}, patches "
-                             + " ".join(p.describe() for p in t.patches) + ")")
+                             + " ".join(p.describe() for p in t.patches) + ")" + unsure)
         first = result.verdict.first_bad_patch
         lines.append(f"first bad patch: {first}" if first else "no new failure")
     return "\n".join(lines)
@@ -127,21 +139,29 @@ def cmd_run_jobs(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, ctx: Any) -> int:
-    from bot.pipeline.demo import run_demo
+    from bot.pipeline.demo import BAD_PATCH, run_demo
     from bot.pipeline.runner import outcome_table
     from bot.pipeline.series_job import stderr_progress
     from bot.state import Store
 
     config, outcomes = run_demo(ctx.config.state_dir, stderr_progress)
     print(outcome_table(outcomes) if outcomes else "no new series this time")
+    outbox = config.state_dir / "outbox"
     with Store.in_state_dir(config.state_dir) as store:
         rows = store.reports()
-        print(f"\noutbox ({config.state_dir / 'outbox'}): {len(rows)} report(s)")
+        if config.report.delivery == "outbox":
+            print(f"\n{len(rows)} report(s), written to the outbox {outbox} and not mailed "
+                  "to anyone (report.delivery = outbox):")
+        else:
+            print(f"\n{len(rows)} report(s), delivered by SMTP via "
+                  f"{config.report.smtp.host}:{config.report.smtp.port}:")
         for r in rows:
             print(f"  {r.status:<7} {r.kind:<14} <{r.msgid}>\n  {'':<23}{r.subject}")
-        regression = next((r for r in rows if r.kind == "regression"), None)
+        regression = next((r for r in rows if r.kind == "regression"
+                           and f"[PATCH {BAD_PATCH}/" in r.subject), None)
         if regression is not None:
-            print(f"\n--- the regression report as mailed ({regression.msgid}) ---\n")
+            print(f"\n--- the regression report answering patch {BAD_PATCH} "
+                  f"({regression.msgid}) ---\n")
             print(regression.raw.decode("utf-8", errors="replace"))
     print(f"\nMore: kbot --state-dir {config.state_dir} outbox list")
     return EXIT_OK

@@ -32,25 +32,42 @@ DEMO_CONFIG = CONFIG_DIR / "demo.toml"
 SEED_THREAD = CONFIG_DIR / "demo" / "kvm-evmcs-v1-2021-05-03.mbox"
 AUTHOR = "Demo Developer <developer@example.org>"
 DATE = "Tue, 24 Nov 2026 10:00:00 +0000"
+VMX_NESTED = "arch/x86/kvm/vmx/nested.c"
 SVM_NESTED = "arch/x86/kvm/svm/nested.c"
-FLAGS_CHECK = "\tif (kvm_state->flags & ~(KVM_STATE_NESTED_GUEST_MODE |\n"
+EVMCS_FLAG = ("\t\t\t/* 'hv_evmcs_vmptr' can also be EVMPTR_MAP_PENDING here */\n"
+              "\t\t\tif (vmx->nested.hv_evmcs_vmptr != EVMPTR_INVALID)\n"
+              "\t\t\t\tkvm_state.flags |= KVM_STATE_NESTED_EVMCS;\n\n")
+GET_NESTED = "static int vmx_get_nested_state(struct kvm_vcpu *vcpu,\n"
+SVM_GET_NESTED = "static int svm_get_nested_state(struct kvm_vcpu *vcpu,\n"
 
-# (subject, body, edits): patch 2 drops GUEST_MODE from the flags KVM_SET_NESTED_STATE accepts,
-# so restoring any state saved while L2 runs fails with EINVAL: state_test fails under SVM.
+# (subject, body, edits): the seed thread's bug class, in a series made against 6.1. Patch 3
+# stops vmx_get_nested_state() from reporting KVM_STATE_NESTED_EVMCS, so a vCPU saved while
+# it uses an enlightened VMCS cannot be restored: evmcs_test fails under Bochs (nested VMX)
+# with "KVM_SET_NESTED_STATE failed ... Invalid argument". Patches 1, 2 and 4 are clean.
 DEMO_PATCHES: tuple[tuple[str, str, dict[str, Edit]], ...] = (
-    ("KVM: nSVM: Document the nested state flags",
-     "Say which flags userspace may pass to KVM_SET_NESTED_STATE.",
-     {SVM_NESTED: (FLAGS_CHECK, "\t/* Only GUEST_MODE, RUN_PENDING and GIF_SET are valid. */\n"
-                   + FLAGS_CHECK)}),
-    ("KVM: nSVM: Tighten the nested state flags check",
-     "GUEST_MODE should not be needed here any more; drop it from the accepted flags.",
-     {SVM_NESTED: (FLAGS_CHECK, "\tif (kvm_state->flags & ~(KVM_STATE_NESTED_GIF_SET |\n")}),
+    ("KVM: nVMX: Document what vmx_get_nested_state() reports",
+     "Say which parts of the nested state userspace gets back, so that the\n"
+     "eVMCS handling below reads as intended.",
+     {VMX_NESTED: (GET_NESTED, "/*\n * Fill in KVM_GET_NESTED_STATE: the VMXON and "
+                   "current VMCS12 pointers, the\n * VMCS12 (and shadow VMCS12) contents "
+                   "and the flags that say how to\n * restore them.\n */\n" + GET_NESTED)}),
+    ("KVM: nSVM: Document what svm_get_nested_state() reports",
+     "The SVM side of the same documentation.",
+     {SVM_NESTED: (SVM_GET_NESTED, "/* Fill in KVM_GET_NESTED_STATE: VMCB12 and the nested "
+                   "flags. */\n" + SVM_GET_NESTED)}),
+    ("KVM: nVMX: Don't report eVMCS in KVM_GET_NESTED_STATE",
+     "The enlightened VMCS is found again from the Hyper-V VP assist page on\n"
+     "the first VM-entry after a restore, so there is no need to tell\n"
+     "userspace about it in the nested state flags.",
+     {VMX_NESTED: (EVMCS_FLAG, "")}),
     ("KVM: x86: Fix a comment typo in the IOAPIC code",
      "Comment-only change.",
      {"arch/x86/kvm/ioapic.c": lambda text: text + "/* kbot demo: comment-only change */\n"}),
 )
-COVER = ("[PATCH 0/3] KVM: nSVM: nested state flags cleanups",
-         "Three small cleanups around KVM_SET_NESTED_STATE on SVM.")
+COVER = ("[PATCH 0/4] KVM: nVMX: nested state cleanups",
+         "Small cleanups around KVM_GET_NESTED_STATE, for VMX and SVM.")
+BAD_PATCH = 3  # what the demo's e2e test expects kbot to name
+BAD_TEST = "evmcs_test [bochs]"
 
 
 def _mail(subject: str, body: str, msgid: str, reply_to: str | None, date: str) -> bytes:

@@ -1,23 +1,37 @@
 """Turn a series job's results into report contexts (bot.report.context).
 
 The report stage knows nothing of builds or VMs; this is the one place that reads
-ApplyResult / BuildResult / TestRun / SeriesVerdict and says what a maintainer should read.
+ApplyResult / BuildResult / TestRun / SeriesVerdict and says what a maintainer should read:
+
+- an apply failure (nothing else: nothing was built);
+- a build failure, replying to the first patch that breaks the build;
+- one regression mail per culprit patch, listing every test that patch broke;
+- the series summary (the per-patch table, replying to the cover), as [report]
+  series_summary says: on-failure (default: a clean series mails no one), always, author
+  (a clean series mails its author only), never.
+
+Every context carries its Reproduce: the steps of bot.report.repro, the kbot lines checked
+against kbot's own parser (bot.report.commands) and, with [report] artifacts_url, links to
+the job's folder (bot.pipeline.artifacts).
 """
 
 from __future__ import annotations
 
-import shlex
+import urllib.parse
 from collections.abc import Sequence
+from dataclasses import replace
 
 from bot.bisect.series import TestClass, TestVerdict
 from bot.build.diagnostics import Diagnostic as BuildDiagnostic
 from bot.build.diagnostics import Severity
 from bot.build.kernel import BuildStatus
-from bot.config import Config
-from bot.errors import InfraError
+from bot.config import Config, TreeSection
+from bot.errors import ConfigError, InfraError
 from bot.pipeline.series_job import CommitRuns, SeriesJobResult, result_key
 from bot.report import context as rc
+from bot.report import repro
 from bot.report.adapt import series_info
+from bot.report.commands import kbot_line
 from bot.tree import git
 from bot.tree.apply import ApplyStatus
 from bot.tree.trees import BaseRuleKind
@@ -25,6 +39,7 @@ from bot.vm.model import Backend, Outcome, TestResult, TestRun
 
 CONSOLE_EXCERPT_LINES = 40
 EXCERPT_CONTEXT = 2
+SUMMARY_POLICIES = ("on-failure", "always", "author", "never")
 
 _BACKEND = {
     Backend.QEMU_KVM: rc.Backend.QEMU_KVM,
@@ -32,8 +47,8 @@ _BACKEND = {
     Backend.BOCHS: rc.Backend.BOCHS,
 }
 _CPU = {
-    Backend.QEMU_KVM: "-cpu host",
-    Backend.QEMU_TCG: "-cpu max",
+    Backend.QEMU_KVM: "host",
+    Backend.QEMU_TCG: "max",
     Backend.BOCHS: "corei7_haswell_4770",
 }
 _CHOSEN_BY = {
@@ -51,23 +66,94 @@ def vm_setup(run: TestRun) -> rc.VmSetup:
                       nested=bool(run.guest.nested))
 
 
-def _reproduce(config: Config, result: SeriesJobResult) -> rc.Reproduce:
-    root = result.series.cover.message_id if result.series.cover else (
-        result.series.patches[0].message_id)
-    argv = ["kbot", "test-series", root, "--tree", result.apply.tree]
-    if result.list_name:
-        argv += ["--list", result.list_name]
-    if config.source.name != "kvm.toml":
-        argv = ["kbot", "-c", str(config.source), *argv[1:]]
-    frags = []
+def list_archive_url(config: Config, list_name: str) -> str:
+    """The archive of a list, as lore lays it out: <archive.base_url>/<list>/. Without a
+    list, [report] archive_url."""
+    if list_name:
+        return f"{config.archive.base_url.rstrip('/')}/{urllib.parse.quote(list_name)}/"
+    url = config.report.archive_url
+    return url if url.endswith("/") else url + "/"
+
+
+def job_links(config: Config, job_id: int | None) -> tuple[str, str]:
+    """(repro.sh URL, folder URL) of a job under [report] artifacts_url; empty without it."""
+    base = config.report.artifacts_url.rstrip("/")
+    if not base or job_id is None:
+        return "", ""
+    return f"{base}/jobs/{job_id}/repro.sh", f"{base}/jobs/{job_id}/"
+
+
+def fragments(config: Config) -> tuple[rc.ConfigFragment, ...]:
+    """The configured kconfig fragments, whole, under their file names (never kbot's path)."""
+    out = []
     for name in config.build.fragments:
+        path = config.resolve(name)
         try:
-            text = config.resolve(name).read_text(encoding="utf-8")
-        except OSError:
-            text = ""
-        frags.append(rc.ConfigFragment(name, text))
-    return rc.Reproduce(kbot_command=shlex.join(argv), base_config=config.build.base_config,
-                        fragments=tuple(frags))
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(str(config.source), "build.fragments",
+                              f"{name}: cannot read: {exc.strerror}") from exc
+        out.append(rc.ConfigFragment(path.name, text))
+    return tuple(out)
+
+
+def _tree(config: Config, name: str) -> TreeSection | None:
+    try:
+        return config.tree_named(name)
+    except ConfigError:
+        return None  # an ad-hoc tree (`test-series --tree PATH`)
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    """"state_test [qemu-tcg]" -> ("state_test", "qemu-tcg")."""
+    name, sep, backend = key.rpartition(" [")
+    return (name, backend.rstrip("]")) if sep else (key, "")
+
+
+def _repro_vm(run: TestRun, tests: Sequence[str]) -> rc.ReproVm:
+    v = vm_setup(run)
+    return rc.ReproVm(v.backend, v.vendor, tuple(dict.fromkeys(tests)),
+                      repro.sanitize_emulator(run.command, str(run.kernel)))
+
+
+def reproduce(config: Config, result: SeriesJobResult, job_id: int | None, *, upto: int,
+              stop: str, expect: str = "fail", vm: rc.ReproVm | None = None) -> rc.Reproduce:
+    """How a reader redoes this job's failing step: patches 1..upto, stopping at `stop`."""
+    section = _tree(config, result.apply.tree)
+    url = section.url if section is not None else ""
+    base = result.apply.base
+    described = _describe(result)
+    note = ""
+    if not url:
+        note = "not published" + (f"; its base {base.sha[:12]} is {described}"
+                                  if described else "")
+    series = result.series
+    root = series.cover.message_id if series.cover else series.patches[0].message_id
+    archive = list_archive_url(config, result.list_name)
+    lines = []
+    if stop == "test" and vm is not None:
+        lines.append(kbot_line(
+            "vmtest", "--kernel", repro.KERNEL, "--selftests", repro.SELFTESTS,
+            "--plan", repro.PLAN_FILE, "--backend", vm.backend.value, step="test",
+            why="boot it and run the tests (kbot makes the initramfs and runs the emulator)"))
+    if stop == "build":
+        lines.append(kbot_line("build", "--tree", ".", "--rev", "HEAD", step="build",
+                               why="or let kbot build it (sandboxed, as it did)"))
+    tree_arg = result.apply.tree if url else "."
+    listed = ("--list", result.list_name) if result.list_name else ()
+    lines.append(kbot_line(
+        "test-series", f"{archive}{urllib.parse.quote(root, safe='@!$&()*+,;=:~-._')}/",
+        "--tree", tree_arg, *listed,
+        why=("or let kbot redo the whole job: apply, build and test every patch"
+             + ("" if url else " (in your clone, with its base)"))))
+    script_url, files_url = job_links(config, job_id)
+    return rc.Reproduce(
+        tree=result.apply.tree, base_sha=base.sha, tree_url=url, tree_note=note,
+        archive_url=archive, series_msgid=root,
+        patches=tuple(p.message_id for p in series.patches if p.index <= upto),
+        patches_total=series.total, base_config=config.build.base_config,
+        fragments=fragments(config), selftests=config.build.selftests, stop=stop,
+        expect=expect, vm=vm, kbot=tuple(lines), script_url=script_url, files_url=files_url)
 
 
 def _series(config: Config, result: SeriesJobResult) -> rc.SeriesInfo:
@@ -77,24 +163,24 @@ def _series(config: Config, result: SeriesJobResult) -> rc.SeriesInfo:
             address = lst.address
     info = series_info(result.series, list_address=address)
     shas = {c.index: c.sha for c in result.apply.commits}
-    patches = tuple(rc.PatchInfo(p.index, p.total, p.msgid, p.subject, p.author,
-                                 shas.get(p.index, "")) for p in info.patches)
-    return rc.SeriesInfo(
-        info.title, info.version, info.author, patches, info.list_address, info.cover_msgid,
-        info.cover_subject, info.cc, info.trailer_people, info.change_id)
+    patches = tuple(replace(p, sha=shas.get(p.index, "")) for p in info.patches)
+    return replace(info, patches=patches, archive_url=list_archive_url(config, result.list_name))
+
+
+def _describe(result: SeriesJobResult) -> str:
+    try:  # a name a reader recognises, e.g. v6.1-rc3-123-gabcdef ("" without a tag)
+        return git.git_out(result.apply.repo, "describe", "--tags", result.apply.base.sha)
+    except InfraError:
+        return ""
 
 
 def _base(result: SeriesJobResult) -> rc.BaseInfo:
     b = result.apply.base
-    try:  # a name a reader recognises, e.g. v6.1-rc3-123-gabcdef (empty when there is none)
-        described = git.git_out(result.apply.repo, "describe", "--tags", "--always", b.sha)
-    except InfraError:
-        described = ""
-    return rc.BaseInfo(b.tree, b.branch or "", b.sha, _CHOSEN_BY[b.rule], described)
+    return rc.BaseInfo(b.tree, b.branch or "", b.sha, _CHOSEN_BY[b.rule], _describe(result))
 
 
 def _diag(d: BuildDiagnostic, new: bool = True) -> rc.Diagnostic:
-    return rc.Diagnostic(d.file, d.line, d.column, d.message, new)
+    return rc.Diagnostic(d.file, d.line, d.column, d.message, new, d.severity.value)
 
 
 def _test_outcome(key: str, r: TestResult) -> rc.TestOutcome:
@@ -204,25 +290,45 @@ def _console(run: TestRun, r: TestResult | None, title: str) -> tuple[str, ...]:
     return tuple(lines[-CONSOLE_EXCERPT_LINES:])
 
 
-def contexts(config: Config, result: SeriesJobResult) -> list[rc.ReportContext]:
-    """The reports this result deserves: an apply failure; else a build failure for the
-    first patch that breaks the build, one regression per new failure, and the series
-    table (replying to the cover) in every case where something was tested."""
+def _failure(result: SeriesJobResult, tv: TestVerdict,
+             index: int) -> tuple[rc.Failure, TestRun] | None:
+    run, r = _first_failure(result, tv, index)
+    if run is None:
+        return None
+    name, _ = _split_key(tv.test)
+    title = name.split("kernel: ", 1)[1] if name.startswith("kernel: ") else ""
+    assertion = None
+    if r is not None and r.assertion is not None:
+        assertion = rc.Assertion(r.assertion.file, r.assertion.line,
+                                 r.assertion.message or r.assertion.expression)
+    return rc.Failure(
+        name, vm_setup(run),
+        on_patch=rc.RunCount(tv.patches[index - 1].fails, tv.patches[index - 1].runs),
+        on_base=rc.RunCount(tv.base.fails, tv.base.runs), assertion=assertion,
+        splat=title, console=_console(run, r, title)), run
+
+
+def contexts(config: Config, result: SeriesJobResult, job_id: int | None = None, *,
+             series_summary: str | None = None) -> list[rc.ReportContext]:
+    """The reports this result deserves (see the module docstring). `series_summary`
+    overrides [report] series_summary (the job's folder records every summary)."""
+    policy = series_summary or config.report.series_summary
     series = _series(config, result)
     base = _base(result)
-    repro = _reproduce(config, result)
     out: list[rc.ReportContext] = []
     a = result.apply
     if a.status is ApplyStatus.CONFLICT and a.failed_index is not None:
+        repro_ = reproduce(config, result, job_id, upto=a.failed_index, stop="apply")
         out.append(rc.ApplyFailureReport(series, base, a.failed_index, a.conflicts,
-                                          a.git_message, repro))
+                                          a.git_message, repro_))
         return out
     if a.status is ApplyStatus.REJECTED:
         first = min(p.patch for p in a.problems) if a.problems else 1
+        repro_ = reproduce(config, result, job_id, upto=first, stop="apply")
         out.append(rc.ApplyFailureReport(
             series, base, first, tuple(sorted({p.path for p in a.problems})),
             "kbot refused the series before applying it:\n"
-            + "\n".join(str(p) for p in a.problems), repro))
+            + "\n".join(str(p) for p in a.problems), repro_))
         return out
     builds = [c.build for c in result.commits]
     base_ok = bool(builds) and builds[0] is not None and builds[0].ok
@@ -235,42 +341,65 @@ def contexts(config: Config, result: SeriesJobResult) -> list[rc.ReportContext]:
                            for d in b.diagnostics if d.severity is Severity.ERROR)
             if not errors:
                 errors = (rc.BuildError(rc.Diagnostic(b.failed_step or "build", 0, 0,
-                                                      b.message)),)
-            out.append(rc.BuildFailureReport(series, base, c.index, errors, repro,
-                                             compiler=b.toolchain.split(";")[0]))
+                                                      b.message, severity="")),)
+            out.append(rc.BuildFailureReport(
+                series, base, c.index, errors,
+                reproduce(config, result, job_id, upto=c.index, stop="build"),
+                compiler=b.toolchain.split(";")[0]))
             break
-    verdict = result.verdict
-    if verdict is not None:
-        reported: set[int] = set()
-        def rank(tv: TestVerdict) -> tuple[int, str]:
-            name = tv.test.rsplit(" [", 1)[0]
-            order = result.plan_order
-            return (order.index(name) if name in order else len(order), tv.test)
+    out += _regressions(config, result, job_id, series, base)
+    if any(c.runs for c in result.commits) and policy != "never":
+        last = next(c for c in reversed(result.commits) if c.runs)
+        run = last.runs[-1]
+        outcomes = patch_outcomes(result)
+        # What repro.sh sees at the last tested patch: a failure there, or a pass.
+        at_last = next((o for o in outcomes if o.index == last.index), None)
+        ok = at_last is None or not at_last.failed
+        tests = [r.name for r in run.results if r.outcome is not Outcome.NOT_RUN]
+        summary = rc.SeriesReport(
+            series, base, _vms([c.runs for c in result.commits]), outcomes,
+            reproduce(config, result, job_id, upto=last.index, stop="test",
+                      expect="pass" if ok else "fail", vm=_repro_vm(run, tests)))
+        if not summary.ok:
+            out.append(summary)
+        elif policy == "always":
+            out.append(summary)
+        elif policy == "author":
+            out.append(replace(summary, audience=rc.Audience.AUTHOR))
+    return out
 
-        for tv in sorted(verdict.of_kind(TestClass.NEW), key=rank):
-            index = tv.first_bad_patch
-            if index is None or index in reported:
-                # Not confident (the series table shows it as unsure), or this patch already
-                # gets a regression mail: one per culprit patch, the table lists the rest.
-                continue
-            reported.add(index)
-            run, r = _first_failure(result, tv, index)
-            if run is None:
-                continue
-            title = tv.test.split("kernel: ", 1)[1].rsplit(" [", 1)[0] \
-                if "kernel: " in tv.test else ""
-            assertion = None
-            if r is not None and r.assertion is not None:
-                assertion = rc.Assertion(r.assertion.file, r.assertion.line,
-                                         r.assertion.message or r.assertion.expression)
-            out.append(rc.RegressionReport(
-                series, base, vm_setup(run), index, tv.test,
-                rc.RunCount(tv.patches[index - 1].fails, tv.patches[index - 1].runs),
-                rc.RunCount(tv.base.fails, tv.base.runs), repro, assertion=assertion,
-                splat=title, console=_console(run, r, title)))
-    vms = _vms([c.runs for c in result.commits])
-    if any(c.runs for c in result.commits):
-        out.append(rc.SeriesReport(series, base, vms, patch_outcomes(result), repro))
+
+def _regressions(config: Config, result: SeriesJobResult, job_id: int | None,
+                 series: rc.SeriesInfo, base: rc.BaseInfo) -> list[rc.RegressionReport]:
+    """One report per culprit patch, with every test it broke (most important first)."""
+    verdict = result.verdict
+    if verdict is None:
+        return []
+    order = result.plan_order
+
+    def rank(tv: TestVerdict) -> tuple[int, str]:
+        name = _split_key(tv.test)[0]
+        return (order.index(name) if name in order else len(order), tv.test)
+
+    by_patch: dict[int, list[tuple[rc.Failure, TestRun]]] = {}
+    for tv in sorted(verdict.of_kind(TestClass.NEW), key=rank):
+        if tv.first_bad_patch is None:
+            continue  # not confident: the series table shows it as unsure
+        found = _failure(result, tv, tv.first_bad_patch)
+        if found is not None:
+            by_patch.setdefault(tv.first_bad_patch, []).append(found)
+    out = []
+    for index in sorted(by_patch):
+        failures = by_patch[index]
+        first_run = failures[0][1]
+        # The selftests to rerun on the first failure's backend; a kernel splat or a boot
+        # failure is not a selftest: rerun what that boot ran.
+        tests = [f.test for f, run in failures if run.backend is first_run.backend
+                 and f.test != "boot" and not f.test.startswith("kernel: ")]
+        vm = _repro_vm(first_run, tests or [r.name for r in first_run.results])
+        out.append(rc.RegressionReport(
+            series, base, index, tuple(f for f, _ in failures),
+            reproduce(config, result, job_id, upto=index, stop="test", vm=vm)))
     return out
 
 

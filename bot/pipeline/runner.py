@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bot import failpoints
 from bot.config import Config
-from bot.errors import InfraError, KbotError
+from bot.errors import KbotError, UserError
+from bot.locks import try_locked
+from bot.pipeline.bisect_job import JOB_KIND as BISECT_KIND
+from bot.pipeline.bisect_job import run_bisect
 from bot.pipeline.report import contexts
 from bot.pipeline.series_job import (
+    JobCancelled,
+    JobInterrupted,
     Progress,
     SeriesJob,
     SeriesJobResult,
@@ -20,12 +30,16 @@ from bot.state import JobRow, Store
 from bot.table import columns
 from bot.vm.model import Backend
 
+# What `run-jobs` / `kbot serve` run; `kbot test-series` runs its own job at once.
+JOB_KINDS = ("test-series", BISECT_KIND)
+RUNNER_LOCK = "job-runner.lock"
+
 
 @dataclass(frozen=True)
 class JobOutcome:
     job_id: int
     title: str
-    status: str  # done | error
+    status: str  # done | retry (queued again, later) | failed | cancelled | interrupted
     result: SeriesJobResult | None
     reports: tuple[str, ...]  # Message-IDs of the reports queued for this job
     error: str = ""
@@ -36,42 +50,123 @@ def report_result(config: Config, store: Store, result: SeriesJobResult,
     """Queue the reports for one result (once each; see bot.report.deliver) and deliver."""
     reporter = Reporter(config, store)
     msgids = []
-    for ctx in contexts(config, result):
+    for ctx in contexts(config, result, job_id):
         row = reporter.submit(ctx, job_id=job_id, send_now=False)
+        failpoints.hit("report:submitted")
         if row is not None:
             msgids.append(row.msgid)
     reporter.flush()
     return tuple(msgids)
 
 
-def run_job(config: Config, store: Store, job: JobRow, *, backend: Backend | None = None,
-            progress: Progress = stderr_progress) -> JobOutcome:
-    if job.series_id is None:
-        raise InfraError(f"job {job.id} has no series")
-    store.set_job_status(job.id, "running")
+def retry_delay(config: Config, attempts: int) -> float:
+    """Backoff before attempt `attempts + 1`: doubling from retry_backoff_s, capped."""
+    jobs = config.jobs
+    return float(min(jobs.retry_backoff_s * 2 ** max(attempts - 1, 0), jobs.retry_max_backoff_s))
+
+
+def run_job(config: Config, store: Store, job: JobRow, owner: str, *,
+            backend: Backend | None = None, progress: Progress = stderr_progress,
+            clock: Callable[[], float] = time.time,
+            stop: threading.Event | None = None) -> JobOutcome:
+    """Run one claimed job to its end: done, queued again for a retry, or failed.
+
+    A job interrupted before (its runner died) starts again here and reuses what it stored:
+    the series applies to the same commits, builds come from the artifact store and stored
+    boots are not repeated, so its reports are the same reports (and are sent once)."""
     title = f"job {job.id}"
+
+    def boundary() -> None:
+        store.heartbeat_job(job.id, owner, clock())
+        if stop is not None and stop.is_set():
+            raise JobInterrupted(f"job {job.id}: stopping (kbot is shutting down)")
+
+    result: SeriesJobResult | None = None
     try:
-        series, list_name = series_from_store(store, job.series_id)
-        title = f"v{series.version} {series.title}"
-        progress(f"job {job.id}: {title}")
-        result = SeriesJob(config, store, job.id, backend=backend, progress=progress).run(
-            series, list_name=list_name)
-        msgids = report_result(config, store, result, job.id)
+        if job.kind == BISECT_KIND:
+            title = f"bisect {job.detail.get('test', '?')} on {job.detail.get('tree', '?')}"
+            bisected = run_bisect(config, store, job.id, job.detail, progress=progress,
+                                  boundary=boundary)
+            msgids: tuple[str, ...] = ((bisected.report_msgid,) if bisected.report_msgid
+                                       else ())
+        else:
+            if job.series_id is None:
+                raise UserError(f"job {job.id} has no series")
+            series, list_name = series_from_store(store, job.series_id)
+            title = f"v{series.version} {series.title}"
+            resumed = " (resumed)" if job.attempts > 1 else ""
+            progress(f"job {job.id}: {title}{resumed}")
+            result = SeriesJob(config, store, job.id, backend=backend, progress=progress,
+                               boundary=boundary).run(series, list_name=list_name)
+            failpoints.hit("job:tested")
+            msgids = report_result(config, store, result, job.id)
+    except JobCancelled as exc:
+        progress(f"job {job.id}: {exc}")
+        return JobOutcome(job.id, title, "cancelled", None, (), str(exc))
+    except JobInterrupted as exc:
+        # Not the job's fault and not an attempt: back in the queue, resumed from its steps.
+        store.release_job(job.id, owner, "interrupted by a shutdown; resumes at the next start")
+        progress(str(exc))
+        return JobOutcome(job.id, title, "interrupted", None, (), str(exc))
+    except UserError as exc:
+        # The job itself is wrong (its series no longer assembles, say): trying again will
+        # not help. Kept, with its reason, for `kbot jobs show`.
+        store.finish_job(job.id, owner, "failed", last_error=str(exc))
+        progress(f"job {job.id}: failed: {exc}")
+        return JobOutcome(job.id, title, "failed", None, (), str(exc))
     except KbotError as exc:
-        # Could not test (tree missing, build infrastructure, archive down): the job keeps
-        # its error and the next job still runs; nothing stored is lost.
-        store.set_job_status(job.id, "error")
-        store.add_result(job.id, "job", "error", data={"error": str(exc)})
-        progress(f"job {job.id}: could not test: {exc}")
-        return JobOutcome(job.id, title, "error", None, (), str(exc))
-    store.set_job_status(job.id, "done")
+        # Could not test (tree missing, build infrastructure, archive down): retried later,
+        # up to jobs.max_attempts; the next job still runs and nothing stored is lost.
+        if job.attempts >= config.jobs.max_attempts:
+            reason = f"gave up after {job.attempts} attempt(s): {exc}"
+            store.finish_job(job.id, owner, "failed", last_error=reason)
+            progress(f"job {job.id}: {reason}")
+            return JobOutcome(job.id, title, "failed", None, (), reason)
+        delay = retry_delay(config, job.attempts)
+        store.finish_job(job.id, owner, "queued", last_error=str(exc),
+                         next_attempt_at=clock() + delay)
+        progress(f"job {job.id}: could not test (attempt {job.attempts} of "
+                 f"{config.jobs.max_attempts}, next in {delay:.0f} s): {exc}")
+        return JobOutcome(job.id, title, "retry", None, (), str(exc))
+    if not store.finish_job(job.id, owner, "done"):
+        # Cancelled while its reports were being made: they stand, the status stays.
+        return JobOutcome(job.id, title, "cancelled", result, msgids)
     return JobOutcome(job.id, title, "done", result, msgids)
 
 
+def runner_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def run_queued(config: Config, store: Store, *, backend: Backend | None = None,
-               progress: Progress = stderr_progress) -> list[JobOutcome]:
-    return [run_job(config, store, job, backend=backend, progress=progress)
-            for job in store.jobs("queued") if job.kind == "test-series"]
+               progress: Progress = stderr_progress, clock: Callable[[], float] = time.time,
+               stop: threading.Event | None = None) -> list[JobOutcome]:
+    """Run every due job, one after the other, until none is left (or `stop` is set).
+
+    One runner per state dir (an flock): a second `run-jobs` returns at once instead of
+    racing the first. Holding that lock, a job still marked running was left by a runner that
+    died, so it is resumed first."""
+    with try_locked(config.state_dir / RUNNER_LOCK) as held:
+        if not held:
+            progress(f"another kbot is running jobs ({config.state_dir / RUNNER_LOCK} is "
+                     "locked): leaving them to it")
+            return []
+        orphans = store.release_orphans("interrupted: its runner stopped; resumed")
+        if orphans:
+            progress("resuming job(s) left running by an interrupted kbot: "
+                     + ", ".join(map(str, orphans)))
+        owner = runner_owner()
+        outcomes: list[JobOutcome] = []
+        while stop is None or not stop.is_set():
+            due = store.due_jobs(clock(), JOB_KINDS)
+            if not due:
+                break
+            job = store.claim_job(due[0].id, owner, now=clock())
+            if job is None:
+                continue
+            outcomes.append(run_job(config, store, job, owner, backend=backend,
+                                    progress=progress, clock=clock, stop=stop))
+        return outcomes
 
 
 def outcome_table(outcomes: Sequence[JobOutcome]) -> str:

@@ -13,17 +13,23 @@ from __future__ import annotations
 
 import logging
 import sys
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
+from bot import codec, failpoints
 from bot.bisect.model import Verdict
-from bot.bisect.series import SeriesVerdict, TestClass, TestRuns, classify_series
-from bot.build.kernel import BuildResult, KernelBuilder
-from bot.build.series import build_commits
+from bot.bisect.series import SeriesVerdict, TestRuns, classify_series, rerun_plan
+from bot.build.kernel import BuildResult, BuildStatus, KernelBuilder
 from bot.config import Config
-from bot.errors import InfraError, UserError
+from bot.errors import InfraError, InputError, KbotError, UserError
+from bot.executor.base import BootTask, BuildTask, Executor, Ran, TaskRecord, make_executor
 from bot.intake.model import Series
 from bot.state import Store
+from bot.tree import git
 from bot.tree.apply import ApplyResult, apply_series
 from bot.tree.trees import Trees
 from bot.vm.host import probe
@@ -37,6 +43,15 @@ Progress = Callable[[str], None]
 
 def stderr_progress(line: str) -> None:
     print(f"kbot: {line}", file=sys.stderr, flush=True)
+
+
+class JobCancelled(KbotError):
+    """An operator cancelled the job (`kbot jobs cancel`): it stops at its next step."""
+
+
+class JobInterrupted(KbotError):
+    """The runner is stopping (SIGTERM): the job stops at its next step and is resumed from
+    its stored steps at the next start, without counting as an attempt."""
 
 
 @dataclass(frozen=True)
@@ -127,47 +142,68 @@ class SeriesJob:
     host: HostCaps | None = None
     vm_options: RunOptions | None = None
     progress: Progress = stderr_progress
+    boundary: Callable[[], None] | None = None  # the runner's check between steps
+    # Where builds and boots run (bot/executor/): None = the configured one, for this job.
+    executor: Executor | None = None
+    timeline: list[TaskRecord] = field(default_factory=list)  # where and when each ran
 
-    def _save(self, step: str, status: str, sha: str, data: dict[str, object]) -> None:
+    def _save(self, key: str, step: str, status: str, sha: str, data: object) -> None:
+        """Store one step of the job under `key` (a rerun of the step replaces it)."""
         if self.store is not None and self.job_id is not None:
-            self.store.add_result(self.job_id, step, status, commit_sha=sha, data=data)
+            self.store.put_step(self.job_id, key, step, status, commit_sha=sha, data=data)
+
+    def step_boundary(self) -> None:
+        """Between two steps (before each build, each boot): stop here if an operator
+        cancelled the job (JobCancelled) or the runner is shutting down (`boundary` raises
+        JobInterrupted). What is stored so far stays: a resumed job starts from it."""
+        if self.store is not None and self.job_id is not None:
+            job = self.store.get_job(self.job_id)
+            if job is not None and job.status == "cancelled":
+                raise JobCancelled(f"job {self.job_id} was cancelled")
+        if self.boundary is not None:
+            self.boundary()
+
+    def _stored_runs(self, key: str) -> tuple[TestRun, ...] | None:
+        """The boots a previous, interrupted run of this job already made (None: none)."""
+        if self.store is None or self.job_id is None:
+            return None
+        for row in self.store.steps(self.job_id, "vmtest"):
+            if row.key == key:
+                try:
+                    runs: tuple[TestRun, ...] = codec.load(tuple[TestRun, ...], row.data, key)
+                except InputError as exc:  # stored by an older kbot: boot again
+                    log.warning("job %s: stored %s unreadable, booting again: %s",
+                                self.job_id, key, exc)
+                    return None
+                return runs
+        return None
 
     def run(self, series: Series, *, tree: str | None = None,
             list_name: str | None = None) -> SeriesJobResult:
         if not series.patches:
             raise UserError(f"series {series.title!r} has no patches")
-        plan = self.plan or load_plan(self.config.vm.plan)
+        plan = self.plan or load_plan(self.config.plan_for(list_name))  # the list's, else vm.plan
         trees = Trees(self.config)
         self.progress(f"applying v{series.version} {series.title!r} "
                       f"({len(series.patches)}/{series.total} patches)")
         applied = apply_series(trees, series, tree=tree, list_name=list_name)
         self.progress(applied.summary())
-        self._save("apply", applied.status.value, applied.base.sha, {
+        failpoints.hit("apply:done")
+        self._save("apply", "apply", applied.status.value, applied.base.sha, {
             "summary": applied.summary(), "base": applied.base.describe(),
             "failed_index": applied.failed_index, "conflicts": list(applied.conflicts),
             "git_message": applied.git_message,
             "commits": [{"index": c.index, "sha": c.sha, "title": c.title}
                         for c in applied.commits]})
         titles = ["base: " + applied.base.describe()] + [c.title for c in applied.commits]
-        builder = KernelBuilder.from_config(self.config)
-        # No per-line progress here: the builder shows its own (a rewritten line on a terminal,
-        # one every 30 s in a log), not every line make prints.
-        shas = applied.shas if applied.commits else ()
-        builds = build_commits(builder, applied.repo, shas)
-        for i, b in enumerate(builds):
-            self.progress(f"c{i} build: {b.summary()}")
-            self._save("build", b.status.value, b.rev, b.to_json())
-        commits = [CommitRuns(i, sha, titles[i], builds[i] if i < len(builds) else None)
-                   for i, sha in enumerate(applied.shas)]
+        commits = [CommitRuns(i, sha, titles[i], None) for i, sha in enumerate(applied.shas)]
         verdict: SeriesVerdict | None = None
         if not applied.commits:
             self.progress("no patch applied: nothing to test")
-        elif builds[0].ok:
-            commits, verdict = self._test(commits, plan)
         else:
-            self.progress("the base does not build: nothing can be tested")
+            commits, verdict = self._build_and_test(applied.repo, commits, plan)
         if verdict is not None:
-            self._save("verdict", "regressed" if verdict.regressed else "ok", "", {
+            self._save("verdict", "verdict", "regressed" if verdict.regressed else "ok", "", {
                 "first_bad_patch": verdict.first_bad_patch,
                 "tests": [{"test": t.test, "kind": t.kind.value,
                            "base": t.base.describe(),
@@ -175,52 +211,223 @@ class SeriesJob:
                            "first_bad_patch": t.first_bad_patch,
                            "confidence": t.confidence, "note": t.note}
                           for t in verdict.tests]})
+        self._save_timeline(self.executor.name if self.executor is not None else
+                            self.config.executor.kind)
         order = tuple(dict.fromkeys(t.name for st in plan.sets for t in st.tests))
-        return SeriesJobResult(series, list_name or "", applied, tuple(commits), verdict,
-                               plan.name, order)
+        result = SeriesJobResult(series, list_name or "", applied, tuple(commits), verdict,
+                                 plan.name, order)
+        if self.job_id is not None:
+            # The job's folder (repro.sh, .config, logs, results): what its reports link.
+            from bot.pipeline.artifacts import write_job_artifacts  # late: it imports us
 
-    def _boot(self, c: CommitRuns, plan: TestPlan, round_no: int) -> CommitRuns:
-        assert c.build is not None and c.build.artifacts.bzimage is not None
-        assert c.build.artifacts.selftests_dir is not None
-        self.progress(f"c{c.index} round {round_no}: booting {c.sha[:12]} ({c.title})")
-        try:
-            runs = run_plan(c.build.artifacts.bzimage, c.build.artifacts.selftests_dir, plan,
-                            self.backend, self.host, options=self.vm_options,
-                            progress=self.progress)
-        except InfraError as exc:
-            # Could not test this commit this round: its tests stay untested, not failed.
-            self.progress(f"c{c.index}: could not test: {exc}")
-            return c
-        for run in runs:
-            self._save("vmtest", run.status.value, c.sha, {
-                "backend": run.backend.value, "round": round_no, "detail": run.status_detail,
-                "console_log": str(run.console_log),
-                "results": [{"name": r.name, "outcome": r.outcome.value,
-                             "skip_reason": r.skip_reason, "known_limit": r.known_limit}
-                            for r in run.results],
-                "signatures": [s.title for s in run.signatures]})
-        return CommitRuns(c.index, c.sha, c.title, c.build, c.runs + tuple(runs))
+            write_job_artifacts(self.config, self.job_id, result)
+        return result
 
-    def _test(self, commits: list[CommitRuns],
-              plan: TestPlan) -> tuple[list[CommitRuns], SeriesVerdict | None]:
+    # --- builds and boots, through the executor --------------------------------------------
+
+    def _boot_key(self, c: CommitRuns, plan: TestPlan, round_no: int) -> str:
+        backend = self.backend.value if self.backend is not None else "auto"
+        return f"boot:{c.sha}:{plan.name}:{backend}:r{round_no}"
+
+    def _build_and_test(self, repo: Path, commits: list[CommitRuns],
+                        plan: TestPlan) -> tuple[list[CommitRuns], SeriesVerdict | None]:
+        """Build c0..cN in order (one slot: incremental) and boot each built commit as soon as
+        its build lands, so the build of patch i+1 overlaps the boots of patch i and boots of
+        different commits run side by side (up to the executor's limits). Then, round by
+        round, boot again the commits an unsure verdict asks for (a new failure or fix is only
+        named once reproduced: see bot.bisect.series) until every verdict is sure or the
+        budget is spent: vm.max_rounds runs per commit at most, bisect.series_max_reruns boots
+        after the first round. Each round is a function of the stored boots, so a resumed job
+        asks for the same boots; every result is stored by this thread as it lands."""
         if self.host is None:
             self.host = probe()
         if self.vm_options is None:
             self.vm_options = default_options(self.config)
-        todo = [c.index for c in commits if c.build is not None and c.build.ok]
+        owned = self.executor is None
+        ex = self.executor or make_executor(self.config, host=self.host, run_plan=run_plan,
+                                            options=self.vm_options, progress=self.progress)
+        flow = _Flow(self, ex, repo, commits, plan)
+        try:
+            flow.build_and_boot()
+            return flow.rounds()
+        finally:
+            try:
+                flow.drain()
+            finally:
+                self.timeline.extend(flow.records)
+                if owned:
+                    ex.close()
+
+    def _save_timeline(self, executor: str) -> None:
+        """Where and when each build and boot ran (bench/time_to_report.py reads it)."""
+        if self.store is None or self.job_id is None or not self.timeline:
+            return
+        n = len(self.store.steps(self.job_id, "timeline")) + 1
+        self._save(f"timeline:{n}", "timeline", executor, "",
+                   {"tasks": codec.dump(tuple(self.timeline))})
+
+
+class _Flow:
+    """One series job's builds and boots in flight. Only the job's thread touches it (and the
+    store): executor threads or workers only run tasks and hand back values."""
+
+    def __init__(self, job: SeriesJob, ex: Executor, repo: Path, commits: list[CommitRuns],
+                 plan: TestPlan) -> None:
+        self.job, self.ex, self.repo, self.plan = job, ex, repo, plan
+        self.commits = commits
+        self.fingerprint = KernelBuilder.from_config(job.config).config_fingerprint
+        self.builds: list[BuildResult] = []
+        self.pending: dict[Future[Any], tuple[str, int, int, int]] = {}
+        self.parts: dict[tuple[int, int], list[tuple[TestRun, ...] | None]] = {}
+        self.failed: set[tuple[int, int]] = set()
+        self.records: list[TaskRecord] = []
+        self.scope = f"job{job.job_id}" if job.job_id is not None else uuid.uuid4().hex[:12]
+        self.stopping = False
+
+    def build_and_boot(self) -> None:
+        self._submit_build(0)
+        while self.pending:
+            self._settle(self._next_done())
+        if self.builds and self.builds[0].status is BuildStatus.ERROR:
+            # kbot could not build the base here (sandbox, disk, timeout): nothing about the
+            # series is known yet. The job is retried later rather than reported.
+            raise InfraError(f"could not build the base {self.builds[0].rev[:12]}: "
+                             f"{self.builds[0].message}")
+
+    def rounds(self) -> tuple[list[CommitRuns], SeriesVerdict | None]:
+        job, config = self.job, self.job.config
+        if not self.builds or not self.builds[0].ok:
+            job.progress("the base does not build: nothing can be tested")
+            return self.commits, None
+        rounds = max(1, config.vm.max_rounds)
+        reruns_left = config.bisect.series_max_reruns
+        bootable = {c.index for c in self.commits if c.build is not None and c.build.ok}
         verdict: SeriesVerdict | None = None
-        for round_no in range(1, max(1, self.config.vm.max_rounds) + 1):
-            for i in todo:
-                commits[i] = self._boot(commits[i], plan, round_no)
-            runs = verdict_inputs(commits)
+        round_no = 1
+        while True:
+            runs = verdict_inputs(self.commits)
             if not runs:
                 break
-            verdict = classify_series(runs, self.config.bisect.confidence)
-            buildable = {c.index for c in commits if c.build is not None and c.build.ok}
-            todo = sorted({i for t in verdict.tests if t.kind is not TestClass.UNTESTED
-                           for i in t.more_runs} & buildable)
-            if not todo:
+            verdict = classify_series(runs, config.bisect.confidence)
+            if not verdict.unsure:
                 break
-            self.progress(f"unsure after round {round_no}: more runs of "
-                          + ", ".join(f"c{i}" for i in todo))
-        return commits, verdict
+            todo = rerun_plan(verdict, bootable, reruns_left)
+            if round_no == rounds or not todo:
+                break
+            reruns_left -= len(todo)
+            job.progress(f"unsure after round {round_no}: "
+                         + "; ".join(f"{t.test} patch {t.likely_patch} ({t.confidence:.2f})"
+                                     for t in verdict.unsure)
+                         + ": booting " + ", ".join(f"c{i}" for i in todo) + " again")
+            round_no += 1
+            for i in todo:  # a round's boots side by side; the next round waits for them all
+                self._submit_boot(i, round_no)
+            while self.pending:
+                self._settle(self._next_done())
+        if verdict is not None and verdict.unsure:
+            why = ("run budget spent" if round_no == rounds or reruns_left <= 0 else
+                   "the commits to boot again do not build")
+            job.progress(f"{why}, still unsure (no regression claimed): "
+                         + "; ".join(f"{t.test}: {t.note}" for t in verdict.unsure))
+        return self.commits, verdict
+
+    def drain(self) -> None:
+        """After an error or a stop: start nothing new, cancel what has not started, let
+        what runs finish and store what completed (a resumed job does not run it again)."""
+        if not self.pending:
+            return
+        self.stopping = True
+        for fut in self.pending:
+            fut.cancel()
+        while self.pending:
+            fut = self._next_done()
+            if fut.cancelled():
+                del self.pending[fut]
+                continue
+            try:
+                self._settle(fut)
+            except Exception as exc:  # the job is failing already: keep draining
+                log.warning("job %s: while stopping: %s", self.job.job_id, exc)
+
+    def _next_done(self) -> Future[Any]:
+        done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+        return next(f for f in self.pending if f in done)  # the earliest submitted first
+
+    def _submit_build(self, i: int) -> None:
+        job = self.job
+        job.step_boundary()
+        failpoints.hit("build:before")
+        c = self.commits[i]
+        task = BuildTask(self.repo, c.sha, git.tree_id(self.repo, c.sha), self.fingerprint,
+                         self.builds[-1] if self.builds else None, f"c{i} build")
+        self.pending[self.ex.build(task)] = ("build", i, 0, 0)
+
+    def _submit_boot(self, i: int, round_no: int) -> None:
+        job, c = self.job, self.commits[i]
+        key = job._boot_key(c, self.plan, round_no)
+        stored = job._stored_runs(key)
+        if stored is not None:
+            job.progress(f"c{c.index} round {round_no}: {len(stored)} boot(s) of "
+                         f"{c.sha[:12]} already stored (resumed)")
+            self.commits[i] = replace(c, runs=c.runs + stored)
+            return
+        assert c.build is not None and c.build.artifacts.bzimage is not None
+        assert c.build.artifacts.selftests_dir is not None
+        job.step_boundary()
+        job.progress(f"c{c.index} round {round_no}: booting {c.sha[:12]} ({c.title})")
+        failpoints.hit("boot:before")
+        routes = self.ex.routes(self.plan, job.backend)
+        self.parts[(i, round_no)] = [None] * len(routes)
+        for g, route in enumerate(routes):
+            task = BootTask(self.scope, c.build.key, c.build.artifacts.bzimage,
+                            c.build.artifacts.selftests_dir, self.plan, route, round_no,
+                            f"c{i} r{round_no} {route.queue}")
+            self.pending[self.ex.boot(task)] = ("boot", i, round_no, g)
+
+    def _settle(self, fut: Future[Any]) -> None:
+        kind, i, round_no, g = self.pending.pop(fut)
+        if kind == "build":
+            self._built(i, fut.result())
+            return
+        try:
+            ran = fut.result()
+        except InfraError as exc:
+            # Could not test this commit this round: its tests stay untested, not failed,
+            # and nothing is stored, so a retried job boots it again.
+            if (i, round_no) not in self.failed:
+                self.job.progress(f"c{i}: could not test: {exc}")
+            self.failed.add((i, round_no))
+            self.parts[(i, round_no)][g] = ()
+        else:
+            self.records.append(ran.record)
+            self.parts[(i, round_no)][g] = ran.value
+        if all(p is not None for p in self.parts[(i, round_no)]):
+            self._booted(i, round_no)
+
+    def _built(self, i: int, ran: Ran[BuildResult]) -> None:
+        job, b = self.job, ran.value
+        self.records.append(ran.record)
+        self.builds.append(b)
+        self.commits[i] = replace(self.commits[i], build=b)
+        job.progress(f"c{i} build: {b.summary()}")
+        job._save(f"build:{b.rev}", "build", b.status.value, b.rev, b.to_json())
+        failpoints.hit("build:after")
+        if self.stopping or (i == 0 and b.status is BuildStatus.ERROR):
+            return
+        if i + 1 < len(self.commits):
+            self._submit_build(i + 1)  # the next build first: builds are the longest path
+        if self.builds[0].ok and b.ok:
+            self._submit_boot(i, 1)
+
+    def _booted(self, i: int, round_no: int) -> None:
+        parts = self.parts.pop((i, round_no))
+        if (i, round_no) in self.failed:
+            self.failed.discard((i, round_no))
+            return
+        c = self.commits[i]
+        runs = tuple(run for part in parts if part for run in part)
+        status = "/".join(dict.fromkeys(run.status.value for run in runs)) or "none"
+        self.job._save(self.job._boot_key(c, self.plan, round_no), "vmtest", status, c.sha,
+                       codec.dump(runs))
+        failpoints.hit("boot:after")
+        self.commits[i] = replace(c, runs=c.runs + runs)

@@ -10,7 +10,7 @@ from bot.intake.cli import load_messages
 from bot.intake.mail import parse_message
 from bot.intake.mbox import ParseProblem
 from bot.intake.model import Series
-from bot.intake.series import assemble, newest_first
+from bot.intake.series import assemble, find_series, newest_first
 from bot.state import Store
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,13 @@ def series_from_store(store: Store, series_id: int) -> tuple[Series, str]:
             messages.append(parse_message(stored.raw))
         except InputError as exc:  # stored raw mail that no longer parses: skip it, keep it
             log.debug("stored <%s> no longer parses: %s", stored.msgid, exc)
-    for s in assemble(messages):
-        if s.key == row.key:
-            return s, row.list
+    # By key, else by the mail the row holds: a late cover may have moved the key since.
+    held = [str(p.get("message_id")) for p in row.data.get("patches", [])]
+    if isinstance(row.data.get("cover"), dict):
+        held.append(str(row.data["cover"].get("message_id")))
+    found = find_series(assemble(messages), row.key, held)
+    if found is not None:
+        return found, row.list
     raise InfraError(f"series {row.key} no longer assembles from the stored messages")
 
 

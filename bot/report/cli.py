@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     osub = outbox.add_subparsers(dest="outbox_command", metavar="ACTION")
     osub.required = True
     p = osub.add_parser("list", help="every report with its delivery state")
-    p.add_argument("--status", choices=("queued", "sending", "sent", "held", "failed"))
+    p.add_argument("--status", choices=("queued", "sending", "unconfirmed", "sent", "held",
+                                           "failed"))
     p.set_defaults(func=cmd_list)
     p = osub.add_parser("show", help="print one report as mailed")
     p.add_argument("msgid")

@@ -10,8 +10,9 @@ Field guide (what the lead fills in):
 
 - SeriesInfo: one revision of a series as mailed. `lineage` ties revisions together (change-id,
   else the title) so "v3 fails the same way as v2" can be noticed. `list_address` is the list
-  the series came from (it is Cc'd on every reply). `cc` holds the To:/Cc: people of the mails
-  themselves; `trailer_people` those named in Reviewed-by:/Acked-by:/Cc: trailers.
+  the series came from (it is Cc'd on every reply) and `archive_url` that list's archive
+  (Closes:/Link: point there). `cc` holds the To:/Cc: people of the mails themselves;
+  `trailer_people` those named in Reviewed-by:/Acked-by:/Cc: trailers.
 - PatchInfo: one patch mail. Reports about one patch reply to its `msgid`; series-wide reports
   reply to the cover (or patch 1 when there is none).
 - BaseInfo: the tree/branch/sha the series was applied to and `chosen_by` (footer: the series'
@@ -19,8 +20,13 @@ Field guide (what the lead fills in):
 - VmSetup: backend (qemu-kvm / qemu-tcg / bochs) and CPU vendor (VMX / SVM) the tests ran on.
 - PatchOutcome: per patch, applied / built / new warnings / test outcomes (a SKIP keeps its
   reason: a skip is never a pass).
-- Reproduce: the fetch/apply commands (defaults derive from the series), the config base and
-  fragments, and the exact `kbot` command line that reruns the failing step.
+- Reproduce: everything a reader needs to redo the failing step on a fresh machine: the tree
+  (its public URL, or what it is when kbot's copy is local), the base, the patches to apply
+  and the archive they are in, the kernel config (base + the fragments' full text), the test
+  and backend, the emulator command line kbot ran (its paths replaced), the `kbot` command
+  lines (each one checked against kbot's own parser when it is made: bot.report.commands)
+  and links to the job's files (repro.sh, .config, logs) when [report] artifacts_url is set.
+  bot.report.repro turns it into the mail's steps and into repro.sh.
 
 `fingerprint()` on each context names the *outcome* independent of revision and of line
 numbers, so a new revision that fails the same way is recognised (report.unchanged).
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import shlex
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +111,7 @@ class SeriesInfo:
     cc: tuple[Addr, ...] = ()  # To:/Cc: of the series' mails
     trailer_people: tuple[Addr, ...] = ()  # Reviewed-by:, Acked-by:, Cc:, ... in trailers
     change_id: str = ""
+    archive_url: str = ""  # the list's archive, ends with "/" (lore: .../<list>/)
 
     @property
     def lineage(self) -> str:
@@ -128,10 +136,20 @@ class SeriesInfo:
 @dataclass(frozen=True)
 class BaseInfo:
     tree: str  # a name from the config's [[trees]] or a URL
-    branch: str
+    branch: str  # "" when the base is a bare commit (a base-commit footer)
     sha: str
     chosen_by: BaseChoice
     describe: str = ""  # e.g. v6.1.192 (git describe), for the reader
+
+    @property
+    def where(self) -> str:
+        """"kvm queue" or "kvm" (no branch): the tree as a reader names it."""
+        return f"{self.tree} {self.branch}" if self.branch else self.tree
+
+    @property
+    def label(self) -> str:
+        """0-day's "kvm/queue" (or "kvm/9c7782f1bed6" for a bare commit)."""
+        return f"{self.tree}/{self.branch or self.sha[:12]}"
 
 
 @dataclass(frozen=True)
@@ -154,16 +172,20 @@ class VmSetup:
 
 @dataclass(frozen=True)
 class Diagnostic:
-    """A compiler warning or error at file:line:col."""
+    """A compiler warning or error at file:line:col, as gcc prints it."""
 
     file: str
     line: int
     col: int
     message: str
     new: bool = True  # not present when building the base
+    severity: str = "error"  # error | warning | "" (a message that is not the compiler's)
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}: {self.message}"
+        where = f"{self.file}:" + (f"{self.line}:" if self.line else "") + (
+            f"{self.col}:" if self.col else "")
+        what = f"{self.severity}: " if self.severity else ""
+        return f"{where} {what}{self.message}"
 
 
 @dataclass(frozen=True)
@@ -204,16 +226,57 @@ class PatchOutcome:
 
 @dataclass(frozen=True)
 class ConfigFragment:
-    name: str  # path as the config names it, e.g. kconfig/kvm-nested.config
-    text: str = ""  # contents to quote; empty: only the name is given
+    name: str  # a file name (no folder: kbot's paths are not the reader's), kvm-nested.config
+    text: str  # the whole fragment, never a shortened copy
+
+
+@dataclass(frozen=True)
+class KbotLine:
+    """A `kbot ...` command line a reader can run. Made only through
+    bot.report.commands.kbot_line, which parses it with kbot's own CLI parser."""
+
+    argv: tuple[str, ...]  # starts with "kbot"
+    why: str = ""  # what it does, one short line
+    step: str = ""  # the repro step it does for the reader (apply | build | test), or ""
+
+    @property
+    def text(self) -> str:
+        return shlex.join(self.argv)
+
+
+@dataclass(frozen=True)
+class ReproVm:
+    """The VM step: which selftests, on which backend, and the emulator line kbot ran."""
+
+    backend: Backend
+    vendor: Vendor
+    tests: tuple[str, ...]  # selftest names (run in the guest as x86_64/<name>)
+    emulator: tuple[str, ...] = ()  # argv as kbot ran it, kbot's own paths replaced
 
 
 @dataclass(frozen=True)
 class Reproduce:
-    kbot_command: str  # the exact command line that reruns the failing step
+    """How to redo the failing step on a fresh machine (see bot.report.repro)."""
+
+    tree: str  # the tree's name in kbot's config
+    base_sha: str
+    tree_url: str = ""  # a public clone URL; "" when kbot's tree is a local one
+    tree_note: str = ""  # for a local tree: what it is (never its path)
+    archive_url: str = ""  # the list archive holding the patches, ends with "/"
+    series_msgid: str = ""  # the thread b4 fetches (cover, else patch 1)
+    patches: tuple[str, ...] = ()  # Message-IDs of the patches to apply, in order
+    patches_total: int = 0  # patches in the series (`b4 shazam -P 1-N` when fewer apply)
+    commit: str = ""  # a commit to check out instead of applying patches (bisection)
     base_config: str = "tinyconfig"
     fragments: tuple[ConfigFragment, ...] = ()
-    fetch: tuple[str, ...] = ()  # empty: derived from the series (b4 am + git am)
+    arch: str = "x86_64"
+    selftests: bool = True
+    stop: str = "test"  # the step that failed (or the last one): apply | build | test
+    expect: str = "fail"  # what kbot saw at that step: fail | pass
+    vm: ReproVm | None = None
+    kbot: tuple[KbotLine, ...] = ()
+    script_url: str = ""  # <artifacts_url>/jobs/<id>/repro.sh ("" = not published)
+    files_url: str = ""  # <artifacts_url>/jobs/<id>/ (.config, build and console logs)
 
 
 @dataclass(frozen=True)
@@ -289,6 +352,13 @@ def _ranges(indexes: list[int]) -> str:
     return ", ".join(out)
 
 
+class Audience(enum.Enum):
+    """Who a series summary goes to ([report] series_summary)."""
+
+    LIST = "list"  # the author, the list and everyone on the thread
+    AUTHOR = "author"  # the author only
+
+
 class ReportKind(enum.Enum):
     SERIES = "series"
     REGRESSION = "regression"
@@ -310,6 +380,7 @@ class SeriesReport:
     vms: tuple[VmSetup, ...]
     outcomes: tuple[PatchOutcome, ...]
     reproduce: Reproduce
+    audience: Audience = Audience.LIST
     kind: typing.ClassVar[ReportKind] = ReportKind.SERIES
 
     @property
@@ -350,25 +421,16 @@ class SeriesReport:
 
 
 @dataclass(frozen=True)
-class RegressionReport:
-    """A test that passes on the base and fails from one patch on."""
+class Failure:
+    """One test that passes on the base and fails from the report's patch on."""
 
-    series: SeriesInfo
-    base: BaseInfo
+    test: str  # the selftest's name (state_test), "boot", or "kernel: <splat title>"
     vm: VmSetup
-    first_bad: int  # patch index
-    test: str
     on_patch: RunCount
     on_base: RunCount
-    reproduce: Reproduce
     assertion: Assertion | None = None
     splat: str = ""  # the kernel's WARNING/BUG title when the kernel complained
     console: tuple[str, ...] = ()  # console excerpt, verbatim
-    kind: typing.ClassVar[ReportKind] = ReportKind.REGRESSION
-
-    @property
-    def target(self) -> PatchInfo:
-        return self.series.patch(self.first_bad)
 
     @property
     def symptom(self) -> str:
@@ -378,10 +440,52 @@ class RegressionReport:
             return self.assertion.message
         return f"{self.test} failed"
 
+    @property
+    def label(self) -> str:
+        """0-day's name for the row: state_test.fail, dmesg.WARNING_in_x, boot.fail."""
+        if self.test.startswith("kernel: "):
+            return "dmesg." + "_".join(self.test.split("kernel: ", 1)[1].split())
+        return f"{self.test}.fail"
+
+    @property
+    def what(self) -> str:
+        """What goes wrong, as a clause: "state_test fails", "the kernel reports ..."."""
+        if self.test.startswith("kernel: "):
+            return f'the kernel reports "{self.test.split("kernel: ", 1)[1]}"'
+        if self.test == "boot":
+            return "the kernel does not boot"
+        return f"{self.test} fails"
+
+
+@dataclass(frozen=True)
+class RegressionReport:
+    """Every test that passes on the base and fails from one patch on: one mail per patch."""
+
+    series: SeriesInfo
+    base: BaseInfo
+    first_bad: int  # patch index
+    failures: tuple[Failure, ...]  # most important first (the plan's order)
+    reproduce: Reproduce
+    kind: typing.ClassVar[ReportKind] = ReportKind.REGRESSION
+
+    @property
+    def target(self) -> PatchInfo:
+        return self.series.patch(self.first_bad)
+
+    @property
+    def tests(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(f.test for f in self.failures))
+
+    @property
+    def vms(self) -> tuple[VmSetup, ...]:
+        return tuple(dict.fromkeys(f.vm for f in self.failures))
+
     def fingerprint(self) -> str:
         # No line numbers: a rebased revision moves them without changing the failure.
-        where = self.assertion.file if self.assertion else ""
-        return _digest([self.kind.value, self.test, where, self.symptom])
+        parts = sorted(f"{f.test}|{f.vm.backend.value}|"
+                       f"{f.assertion.file if f.assertion else ''}|{f.symptom}"
+                       for f in self.failures)
+        return _digest([self.kind.value, *parts])
 
 
 @dataclass(frozen=True)
@@ -445,6 +549,15 @@ class BisectionReport:
     series: SeriesInfo | None = None  # set when the range is a series under test
     reply_to_patch: int | None = None  # patch index to reply under (the culprit's patch)
     mail_to: tuple[Addr, ...] = ()  # who else hears of it (the tree's list), besides the author
+    # Threading when the culprit's patch mail was found in the archive (or named with
+    # --in-reply-to): the mail replied to, and its References: chain.
+    in_reply_to: str = ""
+    references: tuple[str, ...] = ()
+    list_address: str = ""  # the list the report goes to (Cc), e.g. kvm@vger.kernel.org
+    archive_url: str = ""  # that list's archive: Closes: points there
+    committer: Addr | None = None  # who committed the culprit (Cc)
+    maintainers: tuple[Addr, ...] = ()  # scripts/get_maintainer.pl on the culprit (Cc)
+    platform: str = ""  # where it ran, one phrase: "qemu-tcg (SVM)"
     kind: typing.ClassVar[ReportKind] = ReportKind.BISECTION
 
     @property
@@ -462,6 +575,13 @@ class BisectionReport:
         if self.culprit is None:
             return ""
         return f'Fixes: {self.culprit.sha[:12]} ("{self.culprit.subject}")'
+
+    @property
+    def subsystem(self) -> str:
+        """The culprit's subject prefix ("KVM: nSVM"), as 0-day puts it in its subjects."""
+        if self.culprit is None or ": " not in self.culprit.subject:
+            return ""
+        return self.culprit.subject.rsplit(": ", 1)[0]
 
     def fingerprint(self) -> str:
         who = self.culprit.sha if self.culprit else ",".join(c.sha for c in self.candidates)
@@ -507,10 +627,10 @@ def context_from_json(data: Any, where: str = "result") -> ReportContext:
 
 
 __all__ = [
-    "Addr", "Assertion", "BaseChoice", "BaseInfo", "BisectStep", "BisectionReport",
+    "Addr", "Assertion", "Audience", "BaseChoice", "BaseInfo", "BisectStep", "BisectionReport",
     "Backend", "BuildError", "BuildFailureReport", "ApplyFailureReport", "Commit",
-    "ConfigFragment", "Diagnostic", "PatchInfo", "PatchOutcome", "RegressionReport",
-    "ReportContext", "ReportKind", "Reproduce", "RunCount", "SeriesInfo", "SeriesReport",
-    "SourceLine", "TestOutcome", "TestStatus", "VmSetup", "Vendor", "Verdict",
-    "context_from_json", "to_json",
+    "ConfigFragment", "Diagnostic", "Failure", "KbotLine", "PatchInfo", "PatchOutcome",
+    "RegressionReport", "ReportContext", "ReportKind", "ReproVm", "Reproduce", "RunCount",
+    "SeriesInfo", "SeriesReport", "SourceLine", "TestOutcome", "TestStatus", "VmSetup",
+    "Vendor", "Verdict", "context_from_json", "to_json",
 ]

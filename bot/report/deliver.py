@@ -2,25 +2,28 @@
 
 States of a report (the `reports` table):
 
-    queued --claim--> sending --server said 250--> sent
-       ^                 |  \\--4xx / down / dropped before DATA--> queued (backoff) .. failed
-       |                 |   \\--5xx--> failed
-       +--restart: stage "claimed" (DATA never started)
-                          stage "smtp-data" (the server may have it) --> sent if the archive has
-                          the Message-ID, else held ("unconfirmed") for a person: never resent
-                          on a guess.
+    queued --claim--> sending --2xx to the final dot--> sent   (whatever QUIT then says)
+       ^                 |  \\--4xx / down / broken before the final dot--> queued (backoff)
+       |                 |   \\--5xx--> failed        (and queued .. failed after max_attempts)
+       |                 \\--final dot sent, no verdict (drop, reset, timeout)--> unconfirmed
+       +--restart: stage "claimed" (the final dot never left)
+                          stage "smtp-data" (the server may have it) --> unconfirmed
+    unconfirmed: asked the list archive for the Message-ID at each flush: found --> sent;
+          not found within report.confirm_window_s --> held, with the reason. Never resent on
+          a guess: a second copy on a kernel list is worse than a late one.
     held: kept in the outbox, not mailed (staging allowlist, low-confidence bisection,
           unconfirmed delivery). `kbot outbox flush --resend MSGID` sends one on purpose.
 
 Exactly once, honestly: the Message-ID is made and the whole mail stored before any delivery,
 and the dedup key (series lineage + revision + kind + patch + result fingerprint) is UNIQUE, so
 the same result never becomes two reports. "sending" is committed before the SMTP conversation
-and the stage "smtp-data" before the DATA command, so after a crash kbot knows whether the server
-can possibly have the mail. The one window left is between the server's 250 and our commit of
-"sent" (milliseconds): a report caught there is not resent blindly; it is confirmed by its
-Message-ID in the list archive, or held for a person. So a crash can hold a report, never send
-it twice, never lose it. Only one process delivers at a time (an flock in the state directory),
-so a live sender's "sending" row is never mistaken for a crashed one.
+and the stage "smtp-data" after the body but before the final dot (bot.report.smtp), so after a
+crash kbot knows whether the server can possibly have the mail. The windows left (a crash
+between the server's 250 and our commit of "sent", a connection lost after the final dot) are
+not resent blindly: the report is confirmed by its Message-ID in the list archive, or held for
+a person. So a fault can hold a report, never send it twice, never lose it. Only one process
+delivers at a time (an flock in the state directory), so a live sender's "sending" row is never
+mistaken for a crashed one.
 """
 
 from __future__ import annotations
@@ -58,9 +61,13 @@ from bot.state import ReportRow, Store
 
 log = logging.getLogger(__name__)
 
-Hook = Callable[[str, str], None]  # (stage, msgid): test hook points: claimed, data, accepted
+# (stage, msgid): test hook points, in order: claimed (before connecting), body (the body is
+# out, the final dot is not; stage still "claimed"), data (stage "smtp-data" committed, the dot
+# not yet sent), accepted (the server answered 2xx to the dot; "sent" not yet committed).
+Hook = Callable[[str, str], None]
 STAGE_CLAIMED = "claimed"
-STAGE_DATA = "smtp-data"
+STAGE_DATA = "smtp-data"  # committed just before the final dot: the server may have it
+UNCONFIRMED = "unconfirmed"  # status: the server may have it; looking for it in the archive
 _MSGID_SAFE = "@!$&'()*+,;=:~-._"  # as lore links write a Message-ID
 
 
@@ -94,6 +101,8 @@ class FlushSummary:
     retrying: int = 0
     failed: int = 0
     reconciled: int = 0
+    confirmed: int = 0  # unconfirmed reports found in the archive: sent, not mailed again
+    unconfirmed: int = 0  # still looked for in the archive (report.confirm_window_s)
     busy: bool = False
 
 
@@ -154,7 +163,8 @@ class Reporter:
         self.store = store
         self.clock = clock
         self.hook = hook
-        self.identity = Identity(config.bot.name, config.bot.email, self.cfg.archive_url)
+        self.identity = Identity(config.bot.name, config.bot.email, self.cfg.archive_url,
+                                 config.bot.owner)
         self.renderer = Renderer(self.identity)
         self.confirm = confirm or (lambda m: archive_has(self.cfg.archive_url, m))
         self.state_dir = config.state_dir
@@ -267,9 +277,10 @@ class Reporter:
             if not got:
                 return FlushSummary(busy=True)
             reconciled = self._reconcile()
+            counts = {"sent": 0, "held": 0, "queued": 0, "failed": 0, UNCONFIRMED: 0}
+            confirmed = self._check_unconfirmed(counts)
             for msgid in resend:
                 self._requeue(msgid)
-            counts = {"sent": 0, "held": 0, "queued": 0, "failed": 0}
             now = self.clock()
             for row in self.store.reports("queued"):
                 if row.next_attempt_at > now:
@@ -278,7 +289,8 @@ class Reporter:
                 counts[self._deliver(row)] += 1
             return FlushSummary(sent=counts["sent"], held=counts["held"],
                                 retrying=counts["queued"], failed=counts["failed"],
-                                reconciled=reconciled)
+                                reconciled=reconciled, confirmed=confirmed,
+                                unconfirmed=counts[UNCONFIRMED])
 
     def _requeue(self, msgid: str) -> None:
         row = self.store.get_report(msgid)
@@ -295,22 +307,48 @@ class Reporter:
         for row in self.store.reports("sending"):
             n += 1
             if row.stage != STAGE_DATA:
-                # DATA never started: the server cannot have it.
+                # The final dot never left: the server dropped the unfinished DATA with the
+                # connection (RFC 5321 4.1.1.4), so it cannot have the mail.
                 self.store.set_report_status(
-                    row.msgid, "queued", last_error="interrupted before DATA; will send")
+                    row.msgid, "queued", last_error="interrupted before the final dot; will send")
                 continue
+            self._unconfirmed(row.msgid, "kbot stopped after handing it to SMTP")
+        return n
+
+    def _unconfirmed(self, msgid: str, why: str) -> None:
+        """The server may have it: look for it in the archive until the window closes."""
+        deadline = self.clock() + self.cfg.confirm_window_s
+        self.store.set_report_status(msgid, UNCONFIRMED,
+                                     last_error=f"delivery unconfirmed: {why}",
+                                     next_attempt_at=deadline)
+        log.warning("report <%s>: delivery unconfirmed (%s); looking for it in %s for %.0f s",
+                    msgid, why, self.cfg.archive_url, self.cfg.confirm_window_s)
+
+    def _check_unconfirmed(self, counts: dict[str, int]) -> int:
+        """Ask the archive about each unconfirmed report: found -> sent; window over -> held
+        (for a person, with the reason); else keep looking at the next flush."""
+        confirmed = 0
+        now = self.clock()
+        for row in self.store.reports(UNCONFIRMED):
             seen = self.confirm(row.msgid)
             if seen:
+                confirmed += 1
                 self.store.set_report_status(
-                    row.msgid, "sent", last_error="confirmed in the archive after a restart",
-                    sent=True)
-            else:
+                    row.msgid, "sent", sent=True,
+                    last_error=f"confirmed in the archive ({row.last_error})")
+                log.info("report <%s> found in the archive: sent", row.msgid)
+            elif now >= row.next_attempt_at:
+                answer = "could not be asked" if seen is None else "does not show it"
                 self.store.set_report_status(
                     row.msgid, "held",
-                    last_error=("delivery unconfirmed: kbot stopped after handing it to SMTP; "
-                                "check the archive, then `kbot outbox flush --resend "
-                                f"{row.msgid}` if it never arrived"))
-        return n
+                    last_error=(f"{row.last_error}; the archive {self.cfg.archive_url} {answer}"
+                                f" after {self.cfg.confirm_window_s:.0f} s: check the list, then "
+                                f"`kbot outbox flush --resend {row.msgid}` if it never arrived"))
+                counts["held"] += 1
+                log.warning("report <%s> held: delivery unconfirmed", row.msgid)
+            else:
+                counts[UNCONFIRMED] += 1
+        return confirmed
 
     def _deliver(self, row: ReportRow) -> str:
         self.outbox.put(row.raw)  # idempotent: the record exists before any mail leaves
@@ -338,11 +376,13 @@ class Reporter:
         attempts = row.attempts + 1
         self._hook(STAGE_CLAIMED, row.msgid)
 
-        def on_data() -> None:
+        def before_dot() -> None:
+            # From here the server may have the mail: a crash must not lead to a blind resend.
             self.store.set_report_stage(row.msgid, STAGE_DATA)
             self._hook("data", row.msgid)
 
-        res = smtp.send(self.cfg.smtp, row.raw, self.config.bot.email, rcpts, on_data=on_data)
+        res = smtp.send(self.cfg.smtp, row.raw, self.config.bot.email, rcpts,
+                        before_dot=before_dot, after_body=lambda: self._hook("body", row.msgid))
         if res.status is smtp.SendStatus.SENT:
             self._hook("accepted", row.msgid)
             notes = []
@@ -355,10 +395,9 @@ class Reporter:
             log.info("sent <%s> to %s", row.msgid, ", ".join(rcpts))
             return "sent"
         if res.ambiguous:
-            # The connection broke during DATA: the server may have the mail.
-            self.store.set_report_status(
-                row.msgid, "held", last_error=f"delivery unconfirmed: {res.detail}")
-            return "held"
+            # The final dot left and no verdict came back: the server may have the mail.
+            self._unconfirmed(row.msgid, res.detail)
+            return UNCONFIRMED
         if res.status is smtp.SendStatus.PERMANENT or attempts >= self.cfg.max_attempts:
             self.store.set_report_status(row.msgid, "failed", last_error=res.detail)
             log.warning("report <%s> failed: %s", row.msgid, res.detail)

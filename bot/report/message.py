@@ -21,7 +21,7 @@ from email.utils import format_datetime
 
 from bot import __version__
 from bot.errors import InputError
-from bot.report.context import Addr, BisectionReport, ReportContext
+from bot.report.context import Addr, Audience, BisectionReport, ReportContext, SeriesReport
 
 POLICY = email.policy.default.clone(max_line_length=78, linesep="\n")
 _BAD = ("\r", "\n", "\x00")
@@ -65,9 +65,10 @@ def check_msgid(header: str, msgid: str) -> str:
 
 
 def new_msgid(bot_email: str) -> str:
-    """A fresh Message-ID (without brackets) in the bot's own domain."""
+    """A fresh Message-ID (without brackets) in the bot's own domain. Short, like 0-day's,
+    so that a Closes: link to it fits a line: 20261127230000.1a2b3c4d5e6f-kbot@domain."""
     domain = bot_email.rpartition("@")[2] or "localhost"
-    return f"kbot-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{secrets.token_hex(8)}@{domain}"
+    return f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}.{secrets.token_hex(6)}-kbot@{domain}"
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,17 @@ def recipients(ctx: ReportContext, bot_email: str) -> Recipients:
         to = [ctx.culprit.author]
     else:
         to = []
+    drop = {bot_email.lower()}
+    if isinstance(ctx, SeriesReport) and ctx.audience is Audience.AUTHOR:
+        # [report] series_summary = "author": a clean series' summary is for its author only.
+        return Recipients(to=_dedup(to, drop), cc=())
     cc: list[Addr] = []
     if isinstance(ctx, BisectionReport):
+        if ctx.list_address:
+            cc.append(Addr("", ctx.list_address))
+        if ctx.committer is not None:
+            cc.append(ctx.committer)
+        cc += ctx.maintainers
         cc += ctx.mail_to
         cc += [c.author for c in ctx.candidates if c.author is not None]
     if series is not None:
@@ -114,7 +124,6 @@ def recipients(ctx: ReportContext, bot_email: str) -> Recipients:
             cc.append(Addr("", series.list_address))
         cc += series.cc
         cc += series.trailer_people
-    drop = {bot_email.lower()}
     to_t = _dedup(to, drop)
     cc_t = _dedup(cc, drop | {a.email.lower() for a in to_t})
     if not to_t and cc_t:
@@ -130,10 +139,14 @@ def subject(ctx: ReportContext) -> str:
     elif series is not None:
         base = series.root_subject
     elif isinstance(ctx, BisectionReport):
+        # 0-day's runtime-regression subject: [tree:branch] [subsystem] <sha>: <test>.fail
+        where = f"[{ctx.tree}:{ctx.branch}]" if ctx.branch else f"[{ctx.tree}]"
         if ctx.culprit is None:
-            return f"[{ctx.tree}:{ctx.branch}] {ctx.test}: bisection inconclusive"
-        what = f'{ctx.culprit.sha[:12]} ("{ctx.culprit.subject}")'
-        return f"[{ctx.tree}:{ctx.branch}] {ctx.test}: bisected to {what}"
+            n = len(ctx.candidates)
+            return check_header("Subject", f"{where} {ctx.test}.fail: bisection inconclusive"
+                                f" ({n} candidate{'s' if n != 1 else ''})")
+        sub = f" [{ctx.subsystem}]" if ctx.subsystem else ""
+        return check_header("Subject", f"{where}{sub} {ctx.culprit.sha[:12]}: {ctx.test}.fail")
     else:
         raise InputError("a report needs a series or a bisection to have a subject")
     base = " ".join(check_header("Subject", base).split())
@@ -143,6 +156,10 @@ def subject(ctx: ReportContext) -> str:
 def thread(ctx: ReportContext) -> tuple[str, tuple[str, ...]]:
     """(In-Reply-To, References): under the exact patch, or the cover for series-wide reports."""
     series = ctx.series
+    if isinstance(ctx, BisectionReport) and ctx.in_reply_to:
+        # Under the culprit's patch mail, found in the archive (or named on the command line).
+        refs = tuple(dict.fromkeys((*ctx.references, ctx.in_reply_to)))
+        return ctx.in_reply_to, refs
     if series is None:
         return "", ()
     target = ctx.target

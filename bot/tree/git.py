@@ -7,6 +7,10 @@ ignores the user's global config (hooks, aliases, signing).
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bot import proc
@@ -71,3 +75,105 @@ def tree_id(repo: Path, rev: str) -> str:
 def changed_files(repo: Path, old: str, new: str) -> tuple[str, ...]:
     out = git_out(repo, "diff", "--name-only", "--no-renames", old, new)
     return tuple(line for line in out.splitlines() if line)
+
+
+# -- progress of long git work (the first mirror of a kernel tree: gigabytes, many minutes) ---
+
+# "Receiving objects:  45% (123/456), 1.20 MiB | 2.00 MiB/s", "remote: Counting objects: 100%
+# (9/9), done.", "remote: Enumerating objects: 1234, done." (no total).
+_PROGRESS = re.compile(
+    r"^(?P<remote>remote: )?(?P<phase>[A-Z][A-Za-z ]*?):\s+"
+    r"(?:(?P<percent>\d{1,3})% \((?P<done>\d+)/(?P<total>\d+)\)|(?P<count>\d+))"
+    r"(?P<rest>.*)$"
+)
+
+
+RECEIVING = ("Receiving objects", "Unpacking objects")
+
+
+@dataclass(frozen=True)
+class GitProgress:
+    """One progress update of git (clone, fetch), as `--progress` prints it."""
+
+    phase: str  # "Receiving objects", "Resolving deltas", "Counting objects", ...
+    done: int
+    total: int | None  # None when git counts without knowing the total
+    percent: int | None
+    rest: str = ""  # ", 1.20 MiB | 2.00 MiB/s" and/or ", done."
+    remote: bool = False  # the server's side (upload-pack), relayed by git
+
+    @property
+    def finished(self) -> bool:
+        return self.rest.rstrip().endswith("done.")
+
+    def describe(self) -> str:
+        count = (f"{self.percent}% ({self.done}/{self.total})" if self.total is not None
+                 else str(self.done))
+        return f"{'remote: ' if self.remote else ''}{self.phase}: {count}{self.rest}"
+
+
+def parse_progress(line: str) -> GitProgress | None:
+    """The update a line of git's progress output holds, or None for any other line."""
+    m = _PROGRESS.match(line.strip())
+    if m is None:
+        return None
+    if m["count"] is not None:
+        return GitProgress(m["phase"], int(m["count"]), None, None, m["rest"].rstrip(),
+                           bool(m["remote"]))
+    return GitProgress(m["phase"], int(m["done"]), int(m["total"]), int(m["percent"]),
+                       m["rest"].rstrip(), bool(m["remote"]))
+
+
+class ProgressLines:
+    """git's progress as the project's progress lines: at most one every `every_s` seconds
+    (a kernel clone prints thousands of updates; a log wants one every few seconds), each
+    naming what is being done; `summary()` at the end says what crossed the network."""
+
+    def __init__(
+        self, label: str, emit: Callable[[str], None], every_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.label = label
+        self.emit = emit
+        self.every_s = every_s
+        self.clock = clock
+        self.start = clock()
+        self.last: float | None = None
+        self.received: GitProgress | None = None  # the last update of what was fetched
+
+    def __call__(self, update: GitProgress) -> None:
+        # A big fetch is indexed as a pack (Receiving), a small one unpacked (Unpacking:
+        # fewer than transfer.unpackLimit objects, 100 by default).
+        if update.phase in RECEIVING:
+            self.received = update
+        now = self.clock()
+        if self.last is None or now - self.last >= self.every_s:
+            self.last = now
+            self.emit(f"{self.label}: {update.describe()}")
+
+    def summary(self) -> str:
+        took = f"{self.clock() - self.start:.0f}s"
+        r = self.received
+        if r is None:
+            return f"{self.label}: done in {took}, no objects received"
+        size = r.rest.removesuffix(", done.").lstrip(", ").split(" | ")[0]
+        return (f"{self.label}: done in {took}, {r.total if r.total is not None else r.done} "
+                f"objects received" + (f" ({size})" if size else ""))
+
+
+def git_progress(
+    repo: Path, *args: str, on_progress: Callable[[GitProgress], None],
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> proc.ProcResult:
+    """`git args` (a clone or fetch given --progress), each progress update parsed and passed
+    to `on_progress`; raises InfraError like git(check=True)."""
+
+    def on_line(line: str) -> None:
+        update = parse_progress(line)
+        if update is not None:
+            on_progress(update)
+
+    return proc.run(
+        ["git", *IDENTITY, *SAFE_CONFIG, *args], cwd=repo, timeout=timeout, env=git_env(),
+        check=True, on_line=on_line, split_cr=True,
+    )

@@ -6,28 +6,38 @@ under `<cache_dir>/trees/<name>.git`; a tree given by a local path is mirrored t
 the path lies inside kbot's cache dir (the imported linux-source-6.1), which kbot owns and uses
 as it is. Patches are applied in scratch worktrees of the mirror; the commits they make stay in
 the mirror under `refs/kbot/`, where builds find them.
+
+The first mirror of a kernel tree moves gigabytes: git's --progress output is turned into
+progress lines (at most one every few seconds), and a url tree may name a `reference`, a local
+clone of the same project the operator already has, whose objects the clone copies instead of
+downloading them. Trees are mirrored when first needed, not all at once: a series without a
+base-commit footer costs only the tree it goes to.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import logging
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from bot import proc
-from bot.config import BaseRule, Config, TreeSection
+from bot.config import BaseRule, Config, ListSection, TreeSection
 from bot.errors import ConfigError, InfraError, UserError
 from bot.intake.model import Series
 from bot.locks import locked
 from bot.tree import git
 
+log = logging.getLogger(__name__)
+
 FETCH_TIMEOUT_S = 3600.0
+PROGRESS_EVERY_S = 5.0  # the most often a mirror's progress is printed
 PATCH_ID_SCAN = 500  # commits searched for prerequisite patch ids
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
 
@@ -76,11 +86,20 @@ def tree_for_path(path: Path) -> TreeSection:
     return TreeSection(name=path.resolve().name or "tree", path=str(path))
 
 
+def _log_progress(line: str) -> None:
+    log.info("%s", line)
+
+
 class Trees:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, *, progress: Callable[[str], None] = _log_progress,
+        progress_every_s: float = PROGRESS_EVERY_S,
+    ) -> None:
         self.config = config
         self.root = config.cache_dir / "trees"
         self._adhoc: dict[str, TreeSection] = {}  # trees given as a path, by the name they got
+        self.progress = progress
+        self.progress_every_s = progress_every_s
 
     def section(self, name_or_path: str) -> TreeSection:
         for t in (*self.config.trees, *self._adhoc.values()):
@@ -95,7 +114,10 @@ class Trees:
         raise UserError(f"no tree named {name_or_path!r} and no such path (trees: {known})")
 
     def _source_path(self, section: TreeSection) -> Path:
-        return Path(section.path.replace("{cache_dir}", str(self.config.cache_dir))).expanduser()
+        return self._expand(section.path)
+
+    def _expand(self, path: str) -> Path:
+        return Path(path.replace("{cache_dir}", str(self.config.cache_dir))).expanduser()
 
     def get(self, section: TreeSection, *, fetch: bool = False) -> Tree:
         """The tree's repository, mirroring it first if kbot has none yet."""
@@ -111,6 +133,15 @@ class Trees:
         else:
             origin = section.url
             extra = ()
+            if section.reference:
+                # Borrow the reference clone's objects, then copy them (--dissociate): only what
+                # it lacks is downloaded, and the mirror stays whole when the operator's clone
+                # is gc'd, pruned or moved. Without --dissociate the mirror would keep reading
+                # them through objects/info/alternates (no copy, but a `git gc` there could
+                # delete objects the mirror needs: a corrupt tree, found at the next build).
+                # -if-able: a reference that is gone costs a full download, not a failure.
+                extra = ("--reference-if-able", str(self._expand(section.reference)),
+                         "--dissociate")
         digest = hashlib.sha256(origin.encode()).hexdigest()[:8]
         mirror = self.root / f"{section.name}-{digest}.git"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -118,8 +149,11 @@ class Trees:
             if not (mirror / "HEAD").is_file():
                 tmp = mirror.with_name(mirror.name + ".cloning")
                 shutil.rmtree(tmp, ignore_errors=True)
-                git.git(self.root, "clone", "--mirror", "--quiet", *extra, origin, str(tmp),
-                        timeout=FETCH_TIMEOUT_S)
+                lines = git.ProgressLines(f"mirroring {section.name} from {origin}",
+                                          self.progress, self.progress_every_s)
+                git.git_progress(self.root, "clone", "--mirror", "--progress", *extra, origin,
+                                 str(tmp), on_progress=lines, timeout=FETCH_TIMEOUT_S)
+                self.progress(lines.summary())
                 git.git(tmp, "config", "gc.autoDetach", "false")
                 # Fetch (and prune) branches and tags only: a mirror's default refs/* refspec
                 # would prune kbot's own refs/kbot/* (applied series, pinned builds).
@@ -128,7 +162,10 @@ class Trees:
                 git.git(tmp, "config", "--add", "remote.origin.fetch", "+refs/tags/*:refs/tags/*")
                 tmp.rename(mirror)
             elif fetch:
-                git.git(mirror, "fetch", "--prune", "--quiet", "origin", timeout=FETCH_TIMEOUT_S)
+                lines = git.ProgressLines(f"fetching {section.name}", self.progress,
+                                          self.progress_every_s)
+                git.git_progress(mirror, "fetch", "--prune", "--progress", "origin",
+                                 on_progress=lines, timeout=FETCH_TIMEOUT_S)
         return Tree(section, mirror, owned=True)
 
     def branch_sha(self, tree: Tree, branch: str) -> str:
@@ -148,18 +185,27 @@ class Trees:
         fetch: bool = False,
     ) -> ResolvedBase:
         """Where to apply `series`, by the first rule that gives an answer:
-        base-commit footer (if a mirror has it), prerequisite patch ids (found in a candidate
-        branch), config base rules (list, subject tag, files), the default branch."""
+        base-commit footer (if a tree has it), prerequisite patch ids (found in a candidate
+        branch), config base rules (list, subject tag, files), the list's own tree/branch,
+        the default branch. Trees are searched in that order too — the list's tree first —
+        and mirrored only when reached."""
         notes: list[str] = []
-        sections = [self.section(tree)] if tree else list(self.config.trees)
+        sections = [self.section(tree)] if tree else self._search_order(series, list_name)
         if not sections:
             raise ConfigError(str(self.config.source), "trees", "no trees configured")
-        trees = [self.get(s, fetch=fetch) for s in sections]
+        mirrored: dict[str, Tree] = {}
+
+        def get(section: TreeSection) -> Tree:
+            if section.name not in mirrored:
+                mirrored[section.name] = self.get(section, fetch=fetch)
+            return mirrored[section.name]
+
         if series.base_commit:
             if not _SHA.match(series.base_commit):
                 notes.append(f"base-commit {series.base_commit!r} is not a commit id")
             else:
-                for t in trees:
+                for s in sections:
+                    t = get(s)
                     if git.has_commit(t.mirror, series.base_commit):
                         return ResolvedBase(
                             t.name, None, git.rev_parse(t.mirror, series.base_commit),
@@ -167,12 +213,13 @@ class Trees:
                         )
                 notes.append(
                     f"base-commit {series.base_commit[:12]} not found in "
-                    + ", ".join(t.name for t in trees)
+                    + ", ".join(s.name for s in sections)
                 )
-        candidates = self._candidates(series, trees, list_name)
+        candidates = self._candidates(series, sections, list_name)
         if series.prerequisite_patch_ids:
             wanted = set(series.prerequisite_patch_ids)
-            for t, branch, _kind, _detail in candidates:
+            for s, branch, _kind, _detail in candidates:
+                t = get(s)
                 found = self._patch_ids_in(t, branch, wanted)
                 if found >= wanted:
                     return ResolvedBase(
@@ -186,21 +233,43 @@ class Trees:
                 )
         if not candidates:
             raise InfraError("no tree and branch to apply the series to")
-        t, branch, kind, detail = candidates[0]
+        s, branch, kind, detail = candidates[0]
+        t = get(s)
         return ResolvedBase(t.name, branch, self.branch_sha(t, branch), kind, detail, tuple(notes))
 
+    def _list(self, list_name: str | None) -> ListSection | None:
+        return next((lst for lst in self.config.lists if lst.name == list_name), None)
+
+    def _search_order(self, series: Series, list_name: str | None) -> list[TreeSection]:
+        """Every configured tree: the list's own first, then those of matching base rules,
+        then the rest in config order."""
+        first: list[str] = []
+        lst = self._list(list_name)
+        if lst is not None and lst.tree:
+            first.append(lst.tree)
+        first += [r.tree for r in self.config.base_rules if rule_matches(r, series, list_name)]
+        by_name = {t.name: t for t in self.config.trees}
+        names = dict.fromkeys([*(n for n in first if n in by_name), *by_name])
+        return [by_name[n] for n in names]
+
     def _candidates(
-        self, series: Series, trees: Sequence[Tree], list_name: str | None
-    ) -> list[tuple[Tree, str, BaseRuleKind, str]]:
-        by_name = {t.name: t for t in trees}
-        out: list[tuple[Tree, str, BaseRuleKind, str]] = []
+        self, series: Series, sections: Sequence[TreeSection], list_name: str | None
+    ) -> list[tuple[TreeSection, str, BaseRuleKind, str]]:
+        by_name = {s.name: s for s in sections}
+        out: list[tuple[TreeSection, str, BaseRuleKind, str]] = []
         for i, rule in enumerate(self.config.base_rules):
             if rule.tree in by_name and rule_matches(rule, series, list_name):
                 out.append((by_name[rule.tree], rule.branch, BaseRuleKind.CONFIG_RULE,
                             f"base_rules[{i}] ({describe_rule(rule)})"))
-        for t in trees:
-            out.append((t, t.section.default_branch, BaseRuleKind.DEFAULT_BRANCH,
-                        f"{t.name}/{t.section.default_branch}"))
+        lst = self._list(list_name)
+        if lst is not None and lst.tree in by_name:
+            s = by_name[lst.tree]
+            branch = lst.branch or s.default_branch
+            out.append((s, branch, BaseRuleKind.CONFIG_RULE,
+                        f"list {lst.name}'s tree ({s.name}/{branch})"))
+        for s in sections:
+            out.append((s, s.default_branch, BaseRuleKind.DEFAULT_BRANCH,
+                        f"{s.name}/{s.default_branch}"))
         return out
 
     def _patch_ids_in(self, tree: Tree, branch: str, wanted: set[str]) -> set[str]:

@@ -77,14 +77,29 @@ class _Open:
     access: str = ""  # KASAN Read/Write
 
 
+def _literal(text: str) -> str:
+    """Console text put into a title format: its braces are not format fields (a panic
+    message with a `{` made str.format() raise)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _line_no(digits: str | None) -> int | None:
+    """A report's source line number; None when there is no plausible one (a console may show
+    any digits, and int() raises ValueError on a number of over 4300 of them)."""
+    if digits is None or not digits.isascii() or len(digits) > 9:
+        return None
+    return int(digits)
+
+
 def _start(text: str) -> tuple[SignatureKind, str, str | None, str | None, int | None] | None:
     """(kind, title format, function, file, line) when `text` opens a kernel report."""
     if m := _WARN.match(text):
-        return SignatureKind.WARNING, "WARNING in {func}", m.group(3), m.group(1), int(m.group(2))
+        return (SignatureKind.WARNING, "WARNING in {func}", m.group(3), m.group(1),
+                _line_no(m.group(2)))
     if m := _WARN_BARE.match(text):
-        return SignatureKind.WARNING, "WARNING in {func}", None, m.group(1), int(m.group(2))
+        return SignatureKind.WARNING, "WARNING in {func}", None, m.group(1), _line_no(m.group(2))
     if m := _KBUG.match(text):
-        return SignatureKind.BUG, "kernel BUG in {func}", None, m.group(1), int(m.group(2))
+        return SignatureKind.BUG, "kernel BUG in {func}", None, m.group(1), _line_no(m.group(2))
     if _NULL.match(text):
         return (SignatureKind.NULL_DEREF, "BUG: kernel NULL pointer dereference in {func}",
                 None, None, None)
@@ -97,8 +112,8 @@ def _start(text: str) -> tuple[SignatureKind, str, str | None, str | None, int |
         return (SignatureKind.KASAN, f"KASAN: {m.group(1)} {{access}}in {{func}}", m.group(2),
                 None, None)
     if m := _UBSAN.match(text):
-        return (SignatureKind.UBSAN, f"UBSAN: {m.group(1)} in {{func}}", None, m.group(2),
-                int(m.group(3)))
+        return (SignatureKind.UBSAN, f"UBSAN: {_literal(m.group(1))} in {{func}}", None, m.group(2),
+                _line_no(m.group(3)))
     if _SOFT.match(text):
         return SignatureKind.SOFT_LOCKUP, "BUG: soft lockup in {func}", None, None, None
     if _HARD.match(text):
@@ -110,10 +125,11 @@ def _start(text: str) -> tuple[SignatureKind, str, str | None, str | None, int |
     if m := _PANIC.match(text):
         # The first sentence: "No working init found.  Try passing init= ..." -> its cause.
         msg = re.split(r"\.\s", m.group(1), maxsplit=1)[0].rstrip(".")
-        return SignatureKind.PANIC, f"kernel panic: {msg[:100]}", None, None, None
+        return SignatureKind.PANIC, f"kernel panic: {_literal(msg[:100])}", None, None, None
     if m := _BUG_OTHER.match(text):
-        file, line = m.group(2), int(m.group(3)) if m.group(3) else None
-        return SignatureKind.BUG, f"BUG: {m.group(1).strip()} in {{func}}", None, file, line
+        file, line = m.group(2), _line_no(m.group(3))
+        title = f"BUG: {_literal(m.group(1).strip())} in {{func}}"
+        return SignatureKind.BUG, title, None, file, line
     return None
 
 

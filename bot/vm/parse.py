@@ -7,6 +7,7 @@ selftest assertion block, and the kernel's own reports (bot.vm.console).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,11 +31,13 @@ RC_KILLED = 137  # busybox `timeout -s KILL` in the guest
 
 _MARK = re.compile(r"^kbot: (INIT|BEGIN|OUT|END|DONE)(?: (.*))?$")
 _KV = re.compile(r"(\w+)=(\S*)")
-_TAP = re.compile(r"^\s*(not ok|ok) (\d+)(?: -)? ?(.*?)(?:\s+#\s*(.*))?$")
+# Test numbers and line numbers of at most 18 / 9 ASCII digits: longer is no real one, and
+# int() raises ValueError on numbers of over 4300 digits (a guest prints what it likes).
+_TAP = re.compile(r"^\s*(not ok|ok) ([0-9]{1,18})(?: -)? ?(.*?)(?:\s+#\s*(.*))?$")
 _SKIP_TAP = re.compile(r"^\s*1\.\.0\s*#\s*SKIP\s*(.*)$", re.IGNORECASE)
 _SKIP_KVM = re.compile(r"^(.*), skipping test$")
 _ASSERT_HEAD = "==== Test Assertion Failure ===="
-_ASSERT_LOC = re.compile(r"^\s+(\S+?):(\d+): (.*)$")
+_ASSERT_LOC = re.compile(r"^\s+(\S+?):([0-9]{1,9}): (.*)$")
 _ASSERT_ERRNO = re.compile(r"^\s+pid=\d+ tid=\d+ (errno=\d+ - .*)$")
 _BACKTRACE = re.compile(r"^\s+\d+\t|addr2line|^\s+\(stack trace empty\)")
 
@@ -79,10 +82,13 @@ class ConsoleParse:
 
 
 def _float(value: str | None) -> float | None:
+    """A number from a marker; None for none, and for nan/inf (`uptime=nan` would make every
+    duration computed from it nan)."""
     try:
-        return float(value) if value is not None else None
+        number = float(value) if value is not None else None
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _int(value: str | None) -> int | None:

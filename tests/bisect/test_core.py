@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from bot.bisect.core import BisectOptions, Bisector, Hooks
+from bot.bisect.core import CONFIRM_RUNS, FLAKY_BAD_ENDPOINT_RUNS, BisectOptions, Bisector, Hooks
 from bot.bisect.graph import CommitGraph, linear_history
 from bot.bisect.model import Commit, Mode, Outcome, Progress, Role, Status, Verdict
 from bot.errors import InfraError
@@ -106,7 +106,116 @@ def test_wrong_bad_endpoint() -> None:
     res = Bisector(ev).bisect(graph, [good])
     assert res.status is Status.WRONG_ENDPOINT
     assert "bad endpoint" in res.message and hist[8].sha[:12] in res.message
-    assert ev.calls == [0, 8]
+    # The user said it fails: it is run again, up to the endpoint budget, before kbot says no.
+    assert ev.calls == [0] + [8] * FLAKY_BAD_ENDPOINT_RUNS
+    assert f"({FLAKY_BAD_ENDPOINT_RUNS} of {FLAKY_BAD_ENDPOINT_RUNS} runs)" in res.message
+
+
+@pytest.mark.parametrize("mode", [None, Mode.DETERMINISTIC])
+def test_bad_endpoint_that_passes_is_rerun_until_it_fails(mode: Mode | None) -> None:
+    """A flaky regression whose bad endpoint passes its first two runs: reruns stop at the
+    first failure, and auto mode switches to the flaky search by itself (and says so)."""
+    graph, good, hist = line(16)
+    at_bad = iter([Verdict.GOOD, Verdict.GOOD, Verdict.BAD])
+    rng = random.Random(3)
+    modes: list[str] = []
+
+    class H(Hooks):
+        def on_mode(self, mode: Mode, reason: str) -> None:
+            modes.append(f"{mode.value}: {reason}")
+
+    def ev(c: Commit) -> Verdict:
+        if idx(c) == 16:
+            v = next(at_bad, None)
+            if v is not None:
+                return v
+        return Verdict.BAD if idx(c) >= 6 and rng.random() < 0.8 else Verdict.GOOD
+
+    res = Bisector(ev, BisectOptions(mode=mode), H()).bisect(graph, [good])
+    bad_end = next(t for t in res.tested if t.role is Role.ENDPOINT_BAD)
+    assert (bad_end.runs, bad_end.fails) == (3, 1)
+    if mode is Mode.DETERMINISTIC:
+        assert res.status is Status.WRONG_ENDPOINT
+        assert "fails only 1 of 3 runs" in res.message and "flaky" in res.message
+        return
+    assert modes == ["flaky: the bad endpoint both passes and fails"]
+    assert res.mode is Mode.FLAKY
+    assert res.notes == ("switched to the flaky search after 4 runs: bad endpoint failed 1 of "
+                         "3 runs",)
+    assert res.status is Status.FOUND and res.culprit == hist[6]
+    assert res.confidence >= 0.95
+
+
+def test_deterministic_answer_is_confirmed_by_reruns() -> None:
+    """Auto mode reruns the culprit and its parent before naming it; a forced deterministic
+    search does not (it is `git bisect run`)."""
+    graph, good, hist = line(16)
+    ev = Script(culprit=7)
+    res = Bisector(ev).bisect(graph, [good])
+    assert res.status is Status.FOUND and res.culprit == hist[7] and res.confidence == 1.0
+    assert res.mode is Mode.DETERMINISTIC and res.notes == ()
+    runs = {idx(t.commit): (t.fails, t.passes) for t in res.tested}
+    assert runs[7] == (1 + CONFIRM_RUNS, 0) and runs[6] == (0, 1 + CONFIRM_RUNS)
+    assert res.search_runs <= 4 and res.runs == 2 + res.search_runs + 2 * CONFIRM_RUNS
+    assert ev.calls[-2 * CONFIRM_RUNS:] == [6, 7] * CONFIRM_RUNS
+    forced = Script(culprit=7)
+    res = Bisector(forced, BisectOptions(mode=Mode.DETERMINISTIC)).bisect(graph, [good])
+    assert res.culprit == hist[7] and len(forced.calls) == len(set(forced.calls))
+
+
+def test_flaky_regression_is_found_without_being_told() -> None:
+    """A test failing 70% of the time after the culprit, bisected in the default (auto) mode:
+    a binary search misled by a lucky pass is caught by the confirmation reruns and continues
+    as a flaky search. Without them, most of these end on the wrong commit."""
+    graph, good, hist = line(64)
+    rng = random.Random(99)
+    right = switched = 0
+    for _ in range(20):
+        culprit = rng.randrange(1, 65)
+
+        def ev(c: Commit, culprit: int = culprit) -> Verdict:
+            return Verdict.BAD if idx(c) >= culprit and rng.random() < 0.7 else Verdict.GOOD
+
+        res = Bisector(ev).bisect(graph, [good])
+        if res.status is Status.WRONG_ENDPOINT:
+            continue  # the bad end passed 6 runs in a row (0.3^6): kbot says so
+        right += res.culprit == hist[culprit]
+        switched += res.mode is Mode.FLAKY
+        if res.mode is Mode.FLAKY:
+            assert any("switched to the flaky search" in n for n in res.notes)
+    assert right >= 17
+    assert switched >= 5
+
+
+def test_merge_culprit_confirms_both_parents() -> None:
+    graph, good, commits = dag()
+    bad_set = {graph.commit(i).sha for i in range(len(graph))
+               if graph.index["m"] in graph.ancestors(i)}
+    calls: list[str] = []
+
+    def ev(c: Commit) -> Verdict:
+        calls.append(c.sha)
+        return Verdict.BAD if c.sha in bad_set else Verdict.GOOD
+
+    res = Bisector(ev).bisect(graph, [good])
+    assert res.culprit == commits["m"] and res.mode is Mode.DETERMINISTIC
+    assert calls[-3 * CONFIRM_RUNS:] == ["b", "y", "m"] * CONFIRM_RUNS
+
+
+def test_good_endpoint_failing_on_a_confirmation_rerun() -> None:
+    graph, good, _ = line(8)
+    seen = {0: 0}
+
+    def ev(c: Commit) -> Verdict:
+        if idx(c) == 0:
+            seen[0] += 1
+            return Verdict.BAD if seen[0] == 2 else Verdict.GOOD
+        return Verdict.BAD
+
+    res = Bisector(ev).bisect(graph, [good])
+    assert res.status is Status.WRONG_ENDPOINT
+    assert res.message.startswith(f"good endpoint {good.short}")
+    assert "fails on a rerun (1 of 2 runs)" in res.message and "not good" in res.message
 
 
 def test_untestable_endpoint() -> None:
@@ -238,8 +347,10 @@ def test_parallel_rounds(culprit: int) -> None:
 
     res = Bisector(ev, BisectOptions(jobs=4, check_endpoints=False)).bisect(graph, [good])
     assert res.culprit == hist[culprit]
-    assert res.rounds <= math.ceil(math.log(1000, 5)) + 1
-    assert res.search_runs <= 4 * res.rounds
+    # The search's rounds, then one round per confirmation rerun (culprit and parent at once).
+    assert res.rounds <= math.ceil(math.log(1000, 5)) + 1 + CONFIRM_RUNS
+    assert res.search_runs <= 4 * (res.rounds - CONFIRM_RUNS)
+    assert active[1] <= 4
 
 
 def test_parallel_contradiction_switches_to_flaky() -> None:

@@ -12,6 +12,7 @@ from bot.bisect.core import BisectOptions, Bisector
 from bot.bisect.evaluators import WorktreePool
 from bot.bisect.gitgraph import load_range
 from bot.bisect.model import Commit, Mode, Outcome, Status, Verdict
+from bot.build.sandbox import Sandbox
 from bot.cli import main as kbot_main
 from bot.errors import UserError
 
@@ -80,7 +81,7 @@ class GccEvaluator:
     def __call__(self, c: Commit) -> Outcome:
         with self.pool.checkout(c.sha) as wt:
             cc = proc.run(["gcc", "-o", "prog", "prog.c"], cwd=wt, timeout=60,
-                          env=proc.clean_env(), no_network=True)
+                          env=proc.clean_env(), sandbox=Sandbox(writable=(wt,)))
             self.built.append(c.sha)
             if not cc.ok:
                 return Outcome(Verdict.SKIP, "build failed: " + cc.describe())
@@ -204,3 +205,60 @@ def test_flaky_result_replays_in_git(c_repo: dict[str, str], tmp_path: Path) -> 
     out = proc.run(["git", "-C", str(repo), "bisect", "replay", str(log)], timeout=60)
     proc.run(["git", "-C", str(repo), "bisect", "reset", "-q"], timeout=60)
     assert f"{c_repo['s2']} is the first bad commit" in out.stdout, out.stdout + out.stderr
+
+
+def _flaky_script(tmp_path: Path, passes_at: str) -> Path:
+    """A `git bisect run` script for a flaky regression: at a commit where the program fails,
+    run number n (counted across the whole bisection, in a file outside the worktrees) still
+    passes when n is in `passes_at` (a space-separated list): a scripted, repeatable flake."""
+    count = tmp_path / "count"
+    count.write_text("0\n")
+    script = tmp_path / "flaky.sh"
+    script.write_text(
+        "gcc -o prog prog.c || exit 125\n"
+        f"n=$(( $(cat {count}) + 1 )); echo $n > {count}\n"
+        "./prog && exit 0\n"
+        f"for p in {passes_at}; do [ $n -eq $p ] && exit 0; done\n"
+        "exit 1\n")
+    return script
+
+
+def test_cli_bad_endpoint_that_passes_then_fails_is_bisected_as_flaky(
+        c_repo: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run 2 (the bad endpoint's first) passes: kbot runs it again instead of calling the
+    endpoint wrong, sees it fail, says it switches to the flaky search and finds s2."""
+    script = _flaky_script(tmp_path, "2 9 14")
+    code = kbot_main(["bisect", "--tree", c_repo["repo"], "--good", c_repo["c0"],
+                      "--bad", c_repo["c6"], "--command", f"sh {script}"])
+    out, err = capsys.readouterr()
+    assert code == 1, out + err
+    assert "switching to flaky search: the bad endpoint both passes and fails" in err
+    assert out.startswith(f"{c_repo['s2']} is the first bad commit (confidence 0.9")
+    assert "mode flaky" in out
+    assert "note: switched to the flaky search after 3 runs: bad endpoint failed 1 of 2 runs" \
+        in out
+    bad_row = next(line for line in out.splitlines() if "endpoint-bad" in line)
+    assert bad_row.split()[2:5] == ["2", "1", "1"]  # runs, fail, pass
+
+
+def test_cli_flaky_regression_without_flaky_flag(
+        c_repo: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The bad endpoint fails at once, so the search starts as `git bisect run` would; a lucky
+    pass of s4 (run 3) misleads it to the merge, and the confirmation reruns of that answer
+    catch it (s4, a parent, fails): kbot switches to the flaky search by itself and names s2.
+    git replays the log to the same commit."""
+    script = _flaky_script(tmp_path, "3")
+    log = tmp_path / "bisect.log"
+    code = kbot_main(["bisect", "--tree", c_repo["repo"], "--good", c_repo["c0"],
+                      "--bad", c_repo["c6"], "--command", f"sh {script}", "--log", str(log)])
+    out, err = capsys.readouterr()
+    assert code == 1, out + err
+    s4 = c_repo["s4"][:12]
+    assert (f"switching to flaky search: {s4} (\"s4: finish refactor\"), a parent of the first "
+            "bad commit, fails on a rerun (1 of 2 runs)") in err
+    assert out.startswith(f"{c_repo['s2']} is the first bad commit (confidence 0.9")
+    assert "mode flaky" in out and "note: switched to the flaky search after 8 runs" in out
+    repo = Path(c_repo["repo"])
+    replay = proc.run(["git", "-C", str(repo), "bisect", "replay", str(log)], timeout=60)
+    proc.run(["git", "-C", str(repo), "bisect", "reset", "-q"], timeout=60)
+    assert f"{c_repo['s2']} is the first bad commit" in replay.stdout, replay.describe()

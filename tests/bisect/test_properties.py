@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from bot.bisect.core import BisectOptions, Bisector
 from bot.bisect.gitgraph import load_range
 from bot.bisect.graph import CommitGraph, linear_history
-from bot.bisect.model import Commit, Status, Verdict
+from bot.bisect.model import Commit, Mode, Status, Verdict
 from bot.bisect.synth import descendants_of, git_bisect_run, make_repo
 
 
@@ -31,7 +31,8 @@ def test_linear_within_log2_plus_one(data: st.DataObject) -> None:
         calls.append(c.sha)
         return Verdict.BAD if int(c.sha[1:]) >= culprit else Verdict.GOOD
 
-    res = Bisector(ev, BisectOptions(check_endpoints=False)).bisect(graph, [hist[0]])
+    res = Bisector(ev, BisectOptions(mode=Mode.DETERMINISTIC, check_endpoints=False)).bisect(
+        graph, [hist[0]])
     assert res.status is Status.FOUND
     assert res.culprit == hist[culprit]
     assert len(calls) <= math.ceil(math.log2(n)) + 1 if n > 1 else len(calls) == 0
@@ -72,7 +73,8 @@ def test_dag_agrees_with_git_bisect_run(case: tuple[list[tuple[int, ...]], int])
         rng = load_range(repo, [shas[0]], shas[-1])
         bad = {shas[i] for i in descendants_of(parents, culprit)}
         res = Bisector(lambda c: Verdict.BAD if c.sha in bad else Verdict.GOOD,
-                       BisectOptions(check_endpoints=False)).bisect(rng.graph, rng.goods)
+                       BisectOptions(mode=Mode.DETERMINISTIC, check_endpoints=False)).bisect(
+                           rng.graph, rng.goods)
         assert git.first_bad == shas[culprit]
         assert res.culprit is not None and res.culprit.sha == git.first_bad
         tested = [t.commit.sha for t in res.tested]

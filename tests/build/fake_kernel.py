@@ -29,7 +29,9 @@ olddefconfig:
 
 bzImage: $(O)/arch/x86/boot/bzImage
 
-$(O)/arch/x86/boot/bzImage: $(OBJS)
+# Relinked every time, as kbuild does when the object list changes (a commit that deletes a
+# file must not leave its object in the image).
+$(O)/arch/x86/boot/bzImage: $(OBJS) FORCE
 	@mkdir -p $(dir $@)
 	@echo "  LD      arch/x86/boot/bzImage"
 	@cat $(OBJS) > $@
@@ -43,7 +45,8 @@ headers_install:
 	@mkdir -p $(INSTALL_HDR_PATH)/include/linux
 	@cp include/uapi/linux/*.h $(INSTALL_HDR_PATH)/include/linux/
 
-.PHONY: tinyconfig olddefconfig bzImage headers_install
+.PHONY: tinyconfig olddefconfig bzImage headers_install FORCE
+FORCE:
 """
 
 MERGE_CONFIG = r"""#!/bin/bash

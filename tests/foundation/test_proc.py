@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from bot import proc
+from bot.build.sandbox import Sandbox
 from bot.errors import InfraError, ProcTimeout
 
 
@@ -60,11 +62,45 @@ def test_output_in_memory_is_bounded(tmp_path: Path) -> None:
     assert len(res.stdout) <= 1000
 
 
-def test_no_network_runs_in_an_empty_network_namespace() -> None:
-    res = proc.run(["cat", "/proc/net/dev"], timeout=10, no_network=True)
+def test_log_file_is_bounded_and_says_so(tmp_path: Path) -> None:
+    log = tmp_path / "step.log"
+    log.write_text("x" * 500)  # an earlier step's output counts against the bound
+    res = proc.run(["sh", "-c", "yes line | head -n 100000"], timeout=10, log_path=log,
+                   log_limit=4000)
+    assert res.ok and res.log_truncated and res.stdout.count("line\n") == 100000
+    text = log.read_text()
+    assert text.startswith("x" * 500 + "$ sh -c")
+    assert "log limit of 4000 bytes reached" in text
+    assert len(text) < 4000 + 200  # the bound, plus the note and the exit line
+    assert text.splitlines()[-1].startswith("# exit 0")
+
+
+def test_sandbox_runs_in_an_empty_network_namespace(tmp_path: Path) -> None:
+    res = proc.run(["cat", "/proc/net/dev"], timeout=10, sandbox=Sandbox(writable=(tmp_path,)))
     assert res.ok, res.describe()
     ifaces = {line.split(":")[0].strip() for line in res.stdout.splitlines()[2:]}
     assert ifaces == {"lo"}
+
+
+def test_sandbox_that_does_not_start_raises_and_a_failing_command_does_not(
+    tmp_path: Path
+) -> None:
+    real = shutil.which("bwrap")
+    assert real is not None
+    broken = tmp_path / "bwrap"
+    # The real bwrap, failing to set up (a bind source that does not exist): exit 1, as make
+    # can exit, but it never started the command.
+    broken.write_text(f"#!/bin/sh\nexec {real} --bind /nonexistent/kbot /x \"$@\"\n")
+    broken.chmod(0o755)
+    log = tmp_path / "step.log"
+    with pytest.raises(proc.SandboxStartError, match="did not start.*Can't find source path"):
+        proc.run(["true"], timeout=10, log_path=log,
+                 sandbox=Sandbox(writable=(tmp_path,), bwrap=str(broken)))
+    assert "the sandbox did not start" in log.read_text()
+    # The command's own exit 1 (with bwrap-like words) is a result, not a start failure.
+    res = proc.run(["sh", "-c", "echo 'bwrap: fake' >&2; exit 1"], timeout=10,
+                   sandbox=Sandbox(writable=(tmp_path,)))
+    assert res.returncode == 1 and not res.ok
 
 
 def test_clean_env_drops_secrets(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -237,3 +237,60 @@ def test_patch_id_bulk_path_equals_git_state_machine(seed_mbox: Path) -> None:
     d = diffs[0]
     assert patch_id(d.replace("+", "+ \t", 1)) == patch_id(d)
     assert patch_id(d.replace("\n+", "\n+x", 1)) != patch_id(d)
+
+
+# --- grouping by thread first (series that fill in late, archive order is not send order) ---
+
+
+def _mail(msgid: str, subject: str, body: str, *, refs: tuple[str, ...] = (),
+          author: str = "Ada <ada@example.org>", minute: int = 0) -> Message:
+    head = (f"From: {author}\nSubject: {subject}\nMessage-Id: <{msgid}>\n"
+            f"Date: Fri, 01 Mar 2024 10:{minute:02d}:00 +0000\n")
+    if refs:
+        head += f"In-Reply-To: <{refs[-1]}>\nReferences: {' '.join(f'<{r}>' for r in refs)}\n"
+    return parse_message((head + "\n" + body).encode())
+
+
+def test_two_series_of_one_author_replying_to_different_missing_parents_stay_two() -> None:
+    # Same author, version and total, within minutes, and patch 1 of both is the same change
+    # (a shared prep patch): grouped by author alone, B's 1/2 was dropped as a duplicate of
+    # A's and the two series became one.
+    common = DIFF.format(n=0)
+    msgs = [_mail("a1@x", "[PATCH 1/2] prep", common, refs=("missing-a@x",), minute=1),
+            _mail("a2@x", "[PATCH 2/2] feature A", DIFF.format(n=1), refs=("missing-a@x",),
+                  minute=2),
+            _mail("b1@x", "[PATCH 1/2] prep", common, refs=("missing-b@x",), minute=3),
+            _mail("b2@x", "[PATCH 2/2] feature B", DIFF.format(n=2), refs=("missing-b@x",),
+                  minute=4)]
+    a = assemble_all(msgs)
+    got = sorted(tuple(p.message_id for p in s.patches) for s in a.series)
+    assert got == [("a1@x", "a2@x"), ("b1@x", "b2@x")]
+    assert all(s.complete and not s.notes for s in a.series)
+    assert sorted(sorted(o) for o in a.owned) == [["a1@x", "a2@x"], ["b1@x", "b2@x"]]
+
+
+def test_patches_of_a_missing_cover_are_one_series_that_the_cover_completes() -> None:
+    patches = [_mail(f"p{i}@x", f"[PATCH {i}/3] part {i}", DIFF.format(n=i),
+                     refs=("cover@x",), minute=i) for i in (1, 2, 3)]
+    [before] = assemble(patches)
+    assert before.complete and before.cover is None and before.key == "p1@x#v1"
+    cover = _mail("cover@x", "[PATCH 0/3] the series", "cover letter\n")
+    after = assemble_all([*patches, cover])
+    [s] = after.series
+    assert s.cover is not None and s.key == "cover@x#v1"
+    assert after.owned == (frozenset({"cover@x", "p1@x", "p2@x", "p3@x"}),)
+
+
+def test_cover_less_series_does_not_join_another_series_cover_by_author() -> None:
+    # Ada's cover-less series B (1/2 starts its thread, 2/2 replies to it) was sent before her
+    # series A with a cover: B's 1/2 used to fill A's empty slot 1 by author alone, A's own
+    # 1/2 then "replaced" it, and B's 2/2 followed B's 1/2 into A: one series, patches lost.
+    msgs = [_mail("b1@x", "[PATCH 1/2] B one", DIFF.format(n=1), minute=0),
+            _mail("b2@x", "[PATCH 2/2] B two", DIFF.format(n=2), refs=("b1@x",), minute=1),
+            _mail("ca@x", "[PATCH 0/2] series A", "cover A\n", minute=5),
+            _mail("a1@x", "[PATCH 1/2] A one", DIFF.format(n=3), refs=("ca@x",), minute=6),
+            _mail("a2@x", "[PATCH 2/2] A two", DIFF.format(n=4), refs=("ca@x",), minute=7)]
+    a = assemble_all(msgs)
+    got = sorted(tuple(p.message_id for p in s.patches) for s in a.series)
+    assert got == [("a1@x", "a2@x"), ("b1@x", "b2@x")]
+    assert all(s.complete and not s.notes for s in a.series)

@@ -11,7 +11,7 @@ from bot.errors import InfraError
 from bot.intake.client import ArchiveClient
 from bot.intake.local_inbox import LocalInbox
 from bot.intake.watcher import Cursor, watch_once
-from bot.state import Store
+from bot.state import INTAKE_ASSEMBLE, INTAKE_FETCH, Store
 from tests.fixtures.public_inbox import WatchConfig, patch_mail, series_mails
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -51,9 +51,9 @@ class DiesBeforeThreads(ArchiveClient):
         super().__init__(cfg)
         self.inbox = inbox
 
-    def thread_mbox(self, msgid: str, list_name: str | None = None) -> bytes:
+    def thread_messages(self, msgid: str, list_name: str | None = None) -> tuple[bytes, ...]:
         self.inbox.stop()
-        return super().thread_mbox(msgid, list_name)
+        return super().thread_messages(msgid, list_name)
 
 
 def test_archive_dying_mid_poll_keeps_the_threads_to_fetch(
@@ -64,19 +64,21 @@ def test_archive_dying_mid_poll_keeps_the_threads_to_fetch(
     with Store.in_state_dir(tmp_path / "state") as store:
         with DiesBeforeThreads(cfg.archive, local_inbox) as client, pytest.raises(InfraError):
             watch_once(cfg, store, client)
-        # The messages were stored, the cursor did not move, the threads are remembered.
+        # The messages were stored (discovery finished, so the cursor moved), and each still
+        # waits for its thread in the store.
         assert len(store.messages("kvm")) == 4
-        cursor = Cursor.load(store, "kvm")
-        assert cursor.rt is None and len(cursor.pending_threads) == 4
+        assert Cursor.load(store, "kvm").rt is not None
+        assert len(store.messages_in_intake("kvm", INTAKE_FETCH)) == 4
         assert store.jobs() == []
 
         local_inbox.start()
         cfg = watch_config()
         with ArchiveClient(cfg.archive) as client:
             report = watch_once(cfg, store, client)
-        assert report.new_messages == 0  # all known: the saved threads carry the series
+        assert report.new_messages == 0  # all known: the stored intake state carries the series
         assert [(r.patches, r.complete) for r in report.recorded] == [(3, True)]
-        assert Cursor.load(store, "kvm").pending_threads == []
+        assert store.messages_in_intake("kvm", INTAKE_FETCH) == []
+        assert store.messages_in_intake("kvm", INTAKE_ASSEMBLE) == []
 
 
 def test_bad_messages_are_recorded_skips_and_the_poll_goes_on(

@@ -40,6 +40,7 @@ def test_watch_run_jobs_reports_an_apply_failure_once(
     _tree(tmp_path / "linux")
     cfg = tmp_path / "kbot.toml"
     cfg.write_text(f"""schema = 1
+inherit = false
 [bot]
 cache_dir = "{tmp_path / 'cache'}"
 [archive]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bot.build.diagnostics import Diagnostic, Severity
 from bot.build.kernel import BuildArtifacts, BuildResult, BuildStatus
 from bot.config import load_config
@@ -13,11 +15,14 @@ from bot.intake.model import Patch, Person, Series
 from bot.pipeline.report import _test_outcome, contexts
 from bot.pipeline.series_job import CommitRuns, SeriesJobResult
 from bot.report import context as rc
+from bot.report.commands import parse
+from bot.report.render import Identity, Renderer
 from bot.tree import git
 from bot.tree.apply import AppliedPatch, ApplyResult, ApplyStatus
 from bot.tree.edit import commit_edits
 from bot.tree.trees import BaseRuleKind, ResolvedBase
 from bot.vm.model import Outcome, TestResult
+from tests.report.helpers import recorded_job, world_config
 
 AUTHOR = Person("Dev Eloper", "dev@example.org")
 GOOD = "int kvm_fn(void)\n{\n\treturn 0;\n}\n"
@@ -68,11 +73,22 @@ def test_build_failure_marks_the_patch_lines(tmp_path: Path) -> None:
     assert report.target.msgid == "p2@example.org"
     assert report.base.chosen_by is rc.BaseChoice.GUESSED
     (error,) = report.errors
-    assert str(error.diagnostic) == "arch/x86/kvm/x.c:3:17: expected expression before ';'"
+    assert str(error.diagnostic) == "arch/x86/kvm/x.c:3:17: error: expected expression before ';'"
     marked = [line.text for line in error.excerpt if line.added]
     assert marked == ["\tint x = ;"]
     assert report.compiler == "gcc (Debian 12.2.0-14) 12.2.0"
-    assert "test-series p1@example.org --tree linux --list kvm" in report.reproduce.kbot_command
+    # Every kbot line parses with kbot's own parser (they are made through it) and names
+    # nothing of kbot's machine; the build step's line rebuilds the failing commit.
+    texts = [line.text for line in report.reproduce.kbot]
+    assert texts == ["kbot build --tree . --rev HEAD",
+                     "kbot test-series https://lore.kernel.org/kvm/p1@example.org/ --tree . "
+                     "--list kvm"]
+    for line in report.reproduce.kbot:
+        parse(line.argv)
+    assert report.reproduce.stop == "build"
+    assert report.reproduce.patches == ("p1@example.org", "p2@example.org")
+    assert [f.name for f in report.reproduce.fragments] == ["kvm-nested.config"]
+    assert "CONFIG_KVM=y" in report.reproduce.fragments[0].text
 
 
 def _empty_commit(repo: Path) -> str:
@@ -91,3 +107,46 @@ def test_plan_exclusions_are_skips_with_reason_and_a_stopped_guest_is_not_tested
     limited = TestResult("svm_nested_soft_inject_test", 1, Outcome.FAIL, 254, 0.1,
                          known_limit="no NRIP save under TCG")
     assert _test_outcome("x [qemu-tcg]", limited).status is rc.TestStatus.SKIP
+
+
+@pytest.mark.parametrize(("policy", "clean", "failing"), [
+    ("on-failure", [], ["regression", "series:list"]),
+    ("always", ["series:list"], ["regression", "series:list"]),
+    ("author", ["series:author"], ["regression", "series:list"]),
+    ("never", [], ["regression"]),
+])
+def test_series_summary_policy(policy: str, clean: list[str], failing: list[str],
+                               tmp_path: Path) -> None:
+    """[report] series_summary on the recorded clean and regressing jobs: a clean series is
+    mailed to no one by default; a failure always gets its mails."""
+    cfg = world_config(tmp_path, f'series_summary = "{policy}"\n')
+
+    def kinds(job: str) -> list[str]:
+        return [f"series:{c.audience.value}" if isinstance(c, rc.SeriesReport) else
+                c.kind.value for c in contexts(cfg, recorded_job(job), 1)]
+
+    assert kinds("clean") == clean
+    assert kinds("regress") == failing
+
+
+def test_one_regression_report_per_culprit_patch(tmp_path: Path) -> None:
+    ctxs = contexts(world_config(tmp_path), recorded_job("regress"), 1)
+    (reg,) = [c for c in ctxs if isinstance(c, rc.RegressionReport)]
+    assert reg.first_bad == 2
+    assert reg.tests == ("state_test", "smm_test")  # the plan's order
+    assert reg.reproduce.vm is not None and reg.reproduce.vm.tests == ("state_test", "smm_test")
+
+
+def test_closes_and_links_point_to_the_lists_own_archive(tmp_path: Path) -> None:
+    """Not [report] archive_url (a fallback for reports with no list): the archive of the
+    list the series came from, <archive.base_url>/<list>/."""
+    cfg = world_config(tmp_path, 'archive_url = "https://elsewhere.example/other/"\n')
+    (reg,) = [c for c in contexts(cfg, recorded_job("regress"), 1)
+              if isinstance(c, rc.RegressionReport)]
+    assert reg.series.archive_url == "https://lore.kernel.org/kvm/"
+    assert reg.reproduce.archive_url == "https://lore.kernel.org/kvm/"
+    body = Renderer(Identity("kbot", "kbot@example.org", cfg.report.archive_url)).render(
+        reg, "m1@example.org")
+    assert "| Closes: https://lore.kernel.org/kvm/m1@example.org/" in body
+    assert "url:     https://lore.kernel.org/kvm/regress-2@example.org/" in body
+    assert "elsewhere.example" not in body

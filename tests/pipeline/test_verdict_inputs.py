@@ -57,9 +57,23 @@ def test_new_failure_skip_and_known_limit() -> None:
     assert "vmx_test [qemu-tcg]" not in runs
     assert "soft [qemu-tcg]" not in runs
     verdict = classify_series(list(runs.values()))
-    assert verdict.first_bad_patch == 2
     new = verdict.of_kind(TestClass.NEW)
     assert [t.test for t in new] == ["state_test [qemu-tcg]"]
+    # One run each: the failure is not yet a regression; patch 2 and its parent run again.
+    assert verdict.first_bad_patch is None and not verdict.regressed
+    assert new[0].likely_patch == 2 and set(new[0].more_runs) >= {1, 2}
+    # The job's next rounds: every boot of a commit counts, in the order made.
+    commits[1] = _commit(1, *commits[1].runs, _run(tcg, RunStatus.COMPLETED, ok, limits=limits))
+    commits[2] = _commit(2, *commits[2].runs, *[_run(tcg, RunStatus.COMPLETED, bad,
+                                                     limits=limits)] * 2)
+    runs = {r.test: r for r in verdict_inputs(commits)}
+    assert runs["state_test [qemu-tcg]"].per_commit == (
+        (Verdict.GOOD,), (Verdict.GOOD,) * 2, (Verdict.BAD,) * 3)
+    verdict = classify_series(list(runs.values()))
+    assert verdict.first_bad_patch == 2 and verdict.regressed
+    (tv,) = verdict.of_kind(TestClass.NEW)
+    assert tv.confidence >= 0.95 and tv.note == "first fails at patch 2 (3:3 at patch 2, 0:2 at " \
+        "patch 1)"
 
 
 def test_hung_vm_is_untested_not_failed_and_splats_are_tests() -> None:
@@ -77,9 +91,10 @@ def test_hung_vm_is_untested_not_failed_and_splats_are_tests() -> None:
     splat = runs["kernel: WARNING in vmx_get_nested_state [bochs]"]
     assert splat.per_commit == ((Verdict.GOOD,), (Verdict.SKIP,), (Verdict.BAD,))
     verdict = classify_series(list(runs.values()))
-    assert verdict.regressed
     assert {t.test for t in verdict.of_kind(TestClass.NEW)} == {
         "kernel: WARNING in vmx_get_nested_state [bochs]"}
+    (tv,) = verdict.unsure  # one run: not a regression yet, and patch 1 hid it: 1 or 2
+    assert tv.candidates == (1, 2) and not verdict.regressed
 
 
 def test_boot_failure_is_a_failure_of_the_patch() -> None:

@@ -3,6 +3,7 @@ retries, and exactly-once across a SIGKILL between "sending" and "sent"."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -18,11 +19,13 @@ import pytest
 
 from bot.cli import main
 from bot.config import Config
+from bot.report import smtp
+from bot.report.context import SeriesReport
 from bot.report.deliver import Reporter
 from bot.report.outbox import parse
 from bot.state import Store
 from tests.fixtures.smtp import SmtpSink, free_port
-from tests.report.helpers import load_result, write_config
+from tests.report.helpers import load_as, load_result, seed_regression, write_config
 
 if TYPE_CHECKING:
     from bot.intake.local_inbox import LocalInbox  # the public_inbox fixture's server
@@ -53,9 +56,12 @@ def reporter(cfg: Config, clock: list[float] | None = None) -> Reporter:
     return Reporter(cfg, store, clock=lambda: clock[0])
 
 
-def test_mail_threaded_addressed_and_once(tmp_path: Path, smtp_server: SmtpSink) -> None:
+def test_mail_threaded_addressed_and_once(
+    tmp_path: Path, smtp_server: SmtpSink, seed_mbox: Path
+) -> None:
     rep = reporter(smtp_config(tmp_path, smtp_server))
-    row = rep.submit(load_result("regression"), job_id=None)
+    seed = seed_regression(seed_mbox)
+    row = rep.submit(seed, job_id=None)
     assert row is not None and row.status == "sent", row
     got = smtp_server.wait_for(1)
     assert len(got) == 1
@@ -69,24 +75,24 @@ def test_mail_threaded_addressed_and_once(tmp_path: Path, smtp_server: SmtpSink)
     assert msg["To"].addresses[0].addr_spec == "vkuznets@redhat.com"
     assert "Bcc" not in msg
     body = msg.get_content()
-    assert "kbot noticed \"evmcs_test.fail\"" in body
+    assert "from this patch on, evmcs_test fails" in " ".join(body.split())
     assert f"| Closes: https://lore.kernel.org/kvm/{row.msgid}/" in body
     # The same result again: no second mail.
-    assert rep.submit(load_result("regression")) is not None
+    assert rep.submit(seed) is not None
     assert rep.flush().sent == 0
     time.sleep(0.3)
     assert len(smtp_server.messages()) == 1
     # The series-wide report threads under the cover.
-    rep.submit(load_result("series"))
+    rep.submit(dataclasses.replace(load_as("series", SeriesReport), series=seed.series))
     s = smtp_server.wait_for(2)[1].message
     assert s["In-Reply-To"] == f"<{COVER}>" and s["References"] == f"<{COVER}>"
 
 
-def test_staging_allowlist(tmp_path: Path, smtp_server: SmtpSink) -> None:
+def test_staging_allowlist(tmp_path: Path, smtp_server: SmtpSink, seed_mbox: Path) -> None:
     cfg = smtp_config(tmp_path, smtp_server,
                       'staging_allowlist = ["vkuznets@redhat.com", "@google.com"]')
     rep = reporter(cfg)
-    row = rep.submit(load_result("regression"))
+    row = rep.submit(seed_regression(seed_mbox))
     assert row is not None and row.status == "sent"
     (mail,) = smtp_server.wait_for(1)
     assert sorted(mail.rcpt_tos) == ["jmattson@google.com", "seanjc@google.com",
@@ -151,6 +157,7 @@ def test_refused_for_good_then_resent_on_purpose(tmp_path: Path, smtp_server: Sm
 CHILD = """
 import pathlib, sys, time
 from bot.config import load_config
+from bot.report import smtp
 from bot.report.deliver import Reporter
 from bot.state import Store
 cfg = load_config(sys.argv[1])
@@ -243,15 +250,25 @@ def test_crash_after_server_accepted_unconfirmed_is_held(
     tmp_path: Path, smtp_server: SmtpSink
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}/kvm/"  # nobody listens: the archive cannot tell
-    cfg = smtp_config(tmp_path, smtp_server, archive=dead)
+    cfg = smtp_config(tmp_path, smtp_server, extra="confirm_window_s = 600", archive=dead)
     msgid = _queue(cfg)
     crash_while_delivering(cfg, "accepted", tmp_path)
     assert len(smtp_server.wait_for(1)) == 1
-    s = reporter(cfg).flush()
-    assert (s.reconciled, s.sent) == (1, 0)
+    clock = [1000.0]
+    s = reporter(cfg, clock).flush()
+    # Within the window it is still looked for, not held and not resent.
+    assert (s.reconciled, s.sent, s.unconfirmed) == (1, 0, 1)
+    row = Store.in_state_dir(cfg.state_dir).get_report(msgid)
+    assert row is not None and row.status == "unconfirmed" and row.next_attempt_at == 1600.0
+    clock[0] = 1599.0
+    assert reporter(cfg, clock).flush().unconfirmed == 1
+    clock[0] = 1600.0
+    s = reporter(cfg, clock).flush()
+    assert (s.sent, s.held, s.unconfirmed) == (0, 1, 0)
     row = Store.in_state_dir(cfg.state_dir).get_report(msgid)
     assert row is not None and row.status == "held"
     assert "unconfirmed" in row.last_error and f"--resend {msgid}" in row.last_error
+    assert "could not be asked" in row.last_error
     assert reporter(cfg).flush().sent == 0
     time.sleep(0.3)
     assert len(smtp_server.messages()) == 1  # held, listed, never sent twice
@@ -327,6 +344,24 @@ def test_cli_flush_delivers_queued(
     assert len(smtp_server.messages()) == 1
 
 
+def test_body_lines_with_dots_and_bare_newlines_arrive_intact(
+    tmp_path: Path, smtp_server: SmtpSink
+) -> None:
+    """kbot writes DATA itself (to send the final dot on its own): a line that is a lone "."
+    must be stuffed, or the server ends the mail there and takes the rest as commands."""
+    cfg = smtp_config(tmp_path, smtp_server)
+    raw = (b"From: kbot <kbot@kbot.example>\nTo: a@example.org\nSubject: dots\n"
+           b"Message-ID: <dots@kbot.example>\n\nfirst\n.\n..two\n.three\nlast")
+    stages: list[str] = []
+    res = smtp.send(cfg.report.smtp, raw, "kbot@kbot.example", ("a@example.org",),
+                    before_dot=lambda: stages.append("dot"),
+                    after_body=lambda: stages.append("body"))
+    assert res.status is smtp.SendStatus.SENT, res
+    assert stages == ["body", "dot"]
+    (mail,) = smtp_server.wait_for(1)
+    assert mail.raw.replace(b"\r\n", b"\n").rstrip(b"\n") == raw
+
+
 def test_smtp_without_host_is_held(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, '\ndelivery = "smtp"\n')
     row = reporter(cfg).submit(load_result("regression"))
@@ -342,7 +377,7 @@ def test_non_ascii_names_travel_intact(tmp_path: Path, smtp_server: SmtpSink) ->
     assert isinstance(reg, RegressionReport)
     patches = tuple(
         dataclasses.replace(p, author=Addr("Radim Krčmář", "rkrcmar@example.com"))
-        if p.index == 4 else p for p in reg.series.patches)
+        if p.index == reg.first_bad else p for p in reg.series.patches)
     ctx = dataclasses.replace(reg, series=dataclasses.replace(reg.series, patches=patches))
     row = reporter(smtp_config(tmp_path, smtp_server)).submit(ctx)
     assert row is not None and row.status == "sent"

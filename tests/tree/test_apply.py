@@ -189,3 +189,19 @@ def test_fetch_keeps_kbots_own_refs(tmp_path: Path, upstream: tuple[Path, str]) 
     tree = trees.get(trees.section("up"), fetch=True)
     assert git(tree.mirror, "rev-parse", result.ref) == result.commits[-1].sha
     assert git(tree.mirror, "branch", "--list", "queue") == ""  # upstream's deletion pruned
+
+
+def test_applying_the_same_series_again_makes_the_same_commits(
+    tmp_path: Path, upstream: tuple[Path, str]
+) -> None:
+    """A job resumed after a crash (or a rerun) re-applies the series: it must get the same
+    shas, or its stored boots and the shas in its reports would no longer match."""
+    repo, base = upstream
+    clone = author_series(tmp_path, repo, base)
+    series = series_from_range(clone, base, "HEAD")
+    first = apply_series(Trees(make_config(tmp_path, repo)), series)
+    again = apply_series(Trees(make_config(tmp_path, repo)), series, keep_worktree=False)
+    assert first.status is again.status is ApplyStatus.APPLIED
+    assert [c.sha for c in first.commits] == [c.sha for c in again.commits]
+    date = git(first.repo, "log", "-1", "--format=%ct %at", first.commits[0].sha).split()
+    assert date[0] == date[1]  # committed at the mail's date

@@ -18,7 +18,7 @@ def write_config(tmp_path: Path, repo: Path) -> Path:
     (tmp_path / "kvm.config").write_text(FRAGMENT)
     cfg = tmp_path / "kbot.toml"
     cfg.write_text(
-        f'schema = 1\n[bot]\ncache_dir = "{tmp_path / "cache"}"\n'
+        f'schema = 1\ninherit = false\n[bot]\ncache_dir = "{tmp_path / "cache"}"\n'
         f'[[trees]]\nname = "fake"\npath = "{repo}"\n'
         '[build]\nfragments = ["kvm.config"]\nccache = false\ntimeout_s = 120\n'
     )
@@ -111,3 +111,30 @@ def test_build_with_an_extra_fragment_is_another_store_entry(
     assert more["key"] != plain["key"] and not more["cached"]
     assert more["config_fingerprint"] != plain["config_fingerprint"]
     assert "CONFIG_NOT_IN_KCONFIG=y (got unset)" in more["config_dropped"]
+
+
+def test_apply_refuses_an_unsafe_series_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A C-quoted `..` path (git's own quoting) is a refusal naming the path and the rule, not
+    the conflict `git am` would report."""
+    repo = tmp_path / "linux"
+    base = make_fake_kernel(repo)
+    mbox = tmp_path / "evil.mbox"
+    mbox.write_text(
+        "From 1111111111111111111111111111111111111111 Mon Sep 17 00:00:00 2001\n"
+        "From: Mallory <m@example.org>\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n"
+        "Subject: [PATCH] KVM: x86: innocent\nMessage-ID: <evil@example.org>\n\n"
+        "Nothing to see.\n---\n"
+        'diff --git "a/\\056\\056/outside.c" "b/\\056\\056/outside.c"\n'
+        "new file mode 100644\nindex 0000000..1111111\n--- /dev/null\n"
+        '+++ "b/\\056\\056/outside.c"\n@@ -0,0 +1 @@\n+int x;\n'
+        f"\nbase-commit: {base}\n"
+    )
+    cfg = write_config(tmp_path, repo)
+    code = main(["-c", str(cfg), "apply", str(mbox), "--tree", "fake"])
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    assert "rejected before applying:" in out
+    assert "patch 1: ../outside.c: '..' in path" in out
+    assert "DOES NOT APPLY" not in out and not (tmp_path / "outside.c").exists()

@@ -1,0 +1,123 @@
+"""`python -m tests.faults.fake_vm_kbot KBOT-ARGS...`: the real kbot CLI, with the VM stage
+replaced by a fast, deterministic fake, for fault suites that kill and restart kbot many times.
+
+Everything else is real: the watcher and the archive, git am, the kernel builder (on the fake
+kernel tree of tests/build/fake_kernel.py, in the bwrap sandbox), the store, the reports and
+SMTP. The fake boot reads the built bzImage (the fake tree's object files, concatenated): a test
+named NAME fails when the image holds the bytes `KBOT_FAKE_FAIL:NAME` (a C string a patch
+adds), and passes otherwise. `KBOT_FAKE_VM_S` makes each boot take that long, so a test can
+kill kbot in the middle of one.
+
+A flaky test: `KBOT_FAKE_VM_FLAKY=NAME=P[,NAME=P...]` makes NAME also fail with probability P
+on every kernel, the base included; the draws are `flaky_fails(seed, boot, NAME, P)` with
+`KBOT_FAKE_VM_SEED` and the boot's number in this process (1, 2, ...), so a run is repeatable
+and a test can compute in advance what each boot will say.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bot import cli
+from bot.bisect import kernel_eval
+from bot.executor import tasks
+from bot.pipeline import series_job
+from bot.vm.model import (
+    Backend,
+    GuestInfo,
+    HostCaps,
+    Outcome,
+    RunStatus,
+    TestResult,
+    TestRun,
+)
+from bot.vm.plan import TestPlan
+from bot.vm.runner import RunOptions
+
+TESTS = ("state_test", "smm_test")
+FAIL_MARK = b"KBOT_FAKE_FAIL:"
+_boots = itertools.count(1)
+
+
+def flaky_fails(seed: int, boot: int, name: str, p: float) -> bool:
+    """Whether the flaky `name` fails at boot number `boot` (a hash: no state, no order)."""
+    digest = hashlib.sha256(f"{seed}:{boot}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < p
+
+
+def flaky_rates() -> dict[str, float]:
+    spec = os.environ.get("KBOT_FAKE_VM_FLAKY", "")
+    rates = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, p = item.partition("=")
+        rates[name] = float(p)
+    return rates
+
+
+def fake_host() -> HostCaps:
+    return HostCaps("AuthenticAMD", "fake", vmx=False, svm=True, kvm_usable=False,
+                    kvm_detail="fake host", nested_vmx=False, nested_svm=False,
+                    qemu="/usr/bin/qemu-system-x86_64", bochs=None, xorriso=None, cpus=2)
+
+
+def fake_run_plan(
+    kernel: Path, selftests: Path, plan: TestPlan, backend: Backend | None,
+    host: HostCaps | None, *, options: RunOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[TestRun]:
+    image = kernel.read_bytes()
+    delay = float(os.environ.get("KBOT_FAKE_VM_S", "0") or 0)
+    if delay:
+        time.sleep(delay)
+    if backend is Backend.BOCHS:
+        # One fake run stands for the whole plan, as one QEMU TCG boot. The executor splits a
+        # plan into one call per emulator (bot/executor/base.py routes): on this fake host the
+        # VMX set's part goes to Bochs; it takes its time but reports nothing, so a split
+        # boot says exactly what one unsplit call said.
+        return []
+    boot = next(_boots)
+    seed = int(os.environ.get("KBOT_FAKE_VM_SEED", "0") or 0)
+    flaky = flaky_rates()
+
+    def fails(name: str) -> bool:
+        marked = FAIL_MARK + name.encode() in image
+        return marked or (name in flaky and flaky_fails(seed, boot, name, flaky[name]))
+
+    results = tuple(
+        TestResult(name, 1, Outcome.FAIL if fails(name) else Outcome.PASS,
+                   1 if fails(name) else 0, 0.01, output=(f"# {name}: fake run",))
+        for name in TESTS
+    )
+    logs = Path(os.environ.get("KBOT_FAKE_VM_LOGS") or kernel.parent)
+    logs.mkdir(parents=True, exist_ok=True)
+    console = logs / f"console-{kernel.parent.name}.log"
+    console.write_text("".join(f"{r.name}: {r.outcome.value}\n" for r in results),
+                       encoding="utf-8")
+    return [TestRun(
+        Backend.QEMU_TCG, "fake VM for fault tests", plan.name, ("svm",), kernel,
+        RunStatus.COMPLETED, "fake boot: every test ran", results, (),
+        GuestInfo("6.1.0-fake", "AuthenticAMD", vmx=False, svm=True, nested="svm:1",
+                  kvm_device=True),
+        ("fake-vm", str(kernel)), console, 0, 0.01, 0.0,
+    )]
+
+
+def main(argv: list[str]) -> int:
+    series_job.run_plan = fake_run_plan  # type: ignore[assignment]
+    series_job.probe = fake_host
+    kernel_eval.run_plan = fake_run_plan  # type: ignore[assignment]
+    kernel_eval.probe = fake_host
+    # `kbot worker` runs boots through the executor's task bodies (bot/executor/tasks.py).
+    tasks.run_plan = fake_run_plan
+    tasks.probe = fake_host
+    return cli.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
