@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bot.service.cli",
     "bot.executor.cli",
     "bot.config_cli",
+    "bot.commands.cli",
 )
 
 

@@ -157,6 +157,41 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT NOT NULL DEFAULT ''
     )
     """,
+    # 6 (commands): `#kbot` mail commands, each acted on once. A command row is written in the
+    # transaction that queues its job (or marks its lineage invalid), keyed by the command
+    # mail and its n-th command line: a crash did both or neither. command_scans: the mail
+    # already read for commands (only recent mail is read, so old scans can be dropped).
+    # invalid_lineages: series (all revisions) kbot no longer mails about.
+    """
+    CREATE TABLE commands (
+        msgid TEXT NOT NULL,                    -- the mail the command came in
+        seq INTEGER NOT NULL,                   -- its n-th command line, from 1
+        list TEXT NOT NULL,
+        sender TEXT NOT NULL,                   -- the From address
+        verb TEXT NOT NULL,                     -- test, bisect, invalid, help, or as written
+        line TEXT NOT NULL,                     -- the command line as written
+        state TEXT NOT NULL,                    -- seen (waiting), acted, ignored, rejected
+        reason TEXT NOT NULL DEFAULT '',
+        series_id INTEGER,
+        job_id INTEGER REFERENCES jobs(id),
+        reply_msgid TEXT NOT NULL DEFAULT '',   -- the short reply kbot mailed, if any
+        lineage TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (msgid, seq)
+    );
+    CREATE INDEX commands_state ON commands(state, created_at);
+    CREATE TABLE command_scans (
+        msgid TEXT PRIMARY KEY,
+        scanned_at REAL NOT NULL
+    );
+    CREATE TABLE invalid_lineages (
+        lineage TEXT PRIMARY KEY,
+        msgid TEXT NOT NULL,                    -- the `#kbot invalid` mail
+        sender TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
 )
 
 # messages.intake: where a message is on its way from the archive to a settled series.
@@ -306,15 +341,28 @@ class Store:
             raise InfraError(f"store {path} {_sqlite_problem(exc, path)}") from exc
         try:
             self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA busy_timeout=30000")
+            self._wal()
+            self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except BaseException as exc:
             self.db.close()
             if isinstance(exc, sqlite3.Error):
                 raise InfraError(f"store {path} {_sqlite_problem(exc, path)}") from exc
             raise
+
+    def _wal(self) -> None:
+        """Switch to WAL. Two connections doing so on a fresh file at once (the threads of
+        `kbot serve`) can get SQLITE_BUSY without the busy handler being consulted: retry."""
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> Store:
@@ -982,6 +1030,91 @@ class Store:
                 (status, last_error, next_attempt_at, now, int(sent), now, msgid),
             )
 
+    # -- mail commands (owner: bot.commands) ----------------------------------------------
+
+    def command_candidates(self, list_name: str, since: float, *,
+                           limit: int) -> list[StoredMessage]:
+        """Good mail of a list stored since `since` and not read for commands yet, oldest
+        first (at most `limit`)."""
+        rows = self.db.execute(
+            "SELECT * FROM messages AS m WHERE list = ? AND seen_at >= ? AND status = 'ok'"
+            " AND raw IS NOT NULL AND NOT EXISTS"
+            " (SELECT 1 FROM command_scans AS c WHERE c.msgid = m.msgid)"
+            " ORDER BY seen_at, msgid LIMIT ?",
+            (list_name, since, limit),
+        ).fetchall()
+        return [StoredMessage(**dict(r)) for r in rows]
+
+    def mark_command_scanned(self, msgids: Iterable[str], now: float) -> None:
+        """Mail read for commands that holds none (or that is not to be obeyed at all)."""
+        with self.tx() as db:
+            db.executemany("INSERT OR IGNORE INTO command_scans (msgid, scanned_at) VALUES (?, ?)",
+                           [(m, now) for m in dict.fromkeys(msgids)])
+
+    def prune_command_scans(self, before: float) -> int:
+        """Forget scans of mail too old to be read for commands again."""
+        with self.tx() as db:
+            return db.execute("DELETE FROM command_scans WHERE scanned_at < ?",
+                              (before,)).rowcount
+
+    def record_commands(self, msgid: str, list_name: str, sender: str,
+                        commands: Sequence[NewCommand], now: float) -> list[CommandRow]:
+        """In one transaction: each command of one mail with what it does (a job queued, a
+        job queued again, a lineage marked invalid), and the mail marked as read. A command
+        already recorded in a final state is left as it is (acted on once); one that was
+        waiting ('seen') is tried again. An effect whose job moved meanwhile (claimed by a
+        runner, made by the watcher) is not applied: the command waits ('seen') for the next
+        pass. Returns the mail's command rows."""
+        with self.tx() as db:
+            for c in commands:
+                old = db.execute("SELECT state FROM commands WHERE msgid = ? AND seq = ?",
+                                 (msgid, c.seq)).fetchone()
+                if old is not None and old["state"] != CMD_SEEN:
+                    continue
+                state, reason, job_id = c.state, c.reason, c.job_id
+                if state == CMD_ACTED and c.effect is not CommandEffect.NONE:
+                    job_id = _command_effect(db, c, msgid, sender, now)
+                    if job_id is None and c.effect is not CommandEffect.INVALIDATE:
+                        state = CMD_SEEN
+                        reason = "the job changed while this was recorded: tried again next poll"
+                db.execute(
+                    "INSERT INTO commands (msgid, seq, list, sender, verb, line, state, reason,"
+                    " series_id, job_id, reply_msgid, lineage, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(msgid, seq) DO UPDATE SET state = excluded.state,"
+                    " reason = excluded.reason, series_id = excluded.series_id,"
+                    " job_id = excluded.job_id, reply_msgid = excluded.reply_msgid,"
+                    " lineage = excluded.lineage, updated_at = excluded.updated_at",
+                    (msgid, c.seq, list_name, sender, c.verb, c.line, state, reason,
+                     c.series_id, job_id, c.reply_msgid, c.lineage, now, now))
+            db.execute("INSERT OR IGNORE INTO command_scans (msgid, scanned_at) VALUES (?, ?)",
+                       (msgid, now))
+            rows = db.execute("SELECT * FROM commands WHERE msgid = ? ORDER BY seq",
+                              (msgid,)).fetchall()
+        return [CommandRow(**dict(r)) for r in rows]
+
+    def command_rows(self, *, state: str | None = None, msgid: str | None = None,
+                     limit: int = 1000) -> list[CommandRow]:
+        """Commands oldest first, of one state or one mail if asked."""
+        sql, args = "SELECT * FROM commands WHERE 1", []
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(state)
+        if msgid is not None:
+            sql += " AND msgid = ?"
+            args.append(msgid)
+        rows = self.db.execute(sql + " ORDER BY created_at, msgid, seq LIMIT ?",
+                               (*args, limit)).fetchall()
+        return [CommandRow(**dict(r)) for r in rows]
+
+    def invalid_lineage(self, lineage: str) -> InvalidLineage | None:
+        """Whether a series (all its revisions) was marked invalid by mail, and by whom."""
+        if not lineage:
+            return None
+        row = self.db.execute("SELECT * FROM invalid_lineages WHERE lineage = ?",
+                              (lineage,)).fetchone()
+        return InvalidLineage(**dict(row)) if row else None
+
     # -- web (owner: bot.web) -------------------------------------------------------------
     # Read-only queries for `kbot web`: one SELECT per page part, no writes, bounded by LIMIT.
 
@@ -1222,3 +1355,98 @@ class WebTestPoint:
     series_id: int | None
     created_at: float
     verdict: dict[str, Any]
+
+
+# -- mail commands (owner: bot.commands): what Store.record_commands writes ------------------
+
+CMD_SEEN = "seen"  # authorized and understood, waiting (its job is running): tried each pass
+CMD_ACTED = "acted"  # done: a job queued or queued again, a lineage marked invalid, help sent
+CMD_IGNORED = "ignored"  # not obeyed and never answered (sender not allowed, DKIM, a bot...)
+CMD_REJECTED = "rejected"  # from an allowed sender but wrong: a short reply says what
+
+
+class CommandEffect(enum.Enum):
+    """What recording a command does in the same transaction."""
+
+    NONE = "none"
+    NEW_JOB = "new-job"  # a new job: a bisection, or the first test of a series
+    RETEST = "retest"  # a series job queued again, its stored steps forgotten (a fresh run)
+    INVALIDATE = "invalidate"  # no more mail about a lineage: queued reports held
+
+
+@dataclass(frozen=True)
+class NewCommand:
+    """One command of a mail as bot.commands decided it, for Store.record_commands."""
+
+    seq: int
+    verb: str
+    line: str
+    state: str  # CMD_*
+    reason: str = ""
+    effect: CommandEffect = CommandEffect.NONE
+    series_id: int | None = None
+    job_kind: str = ""  # NEW_JOB
+    job_id: int | None = None  # RETEST: the job
+    expect_status: str = ""  # RETEST: the job's status when decided (it must still be)
+    detail: dict[str, Any] | None = None  # NEW_JOB, RETEST: the job's detail
+    lineage: str = ""  # INVALIDATE, and the series' lineage for the record
+    reply_msgid: str = ""
+
+
+@dataclass(frozen=True)
+class CommandRow:
+    msgid: str
+    seq: int
+    list: str
+    sender: str
+    verb: str
+    line: str
+    state: str
+    reason: str
+    series_id: int | None
+    job_id: int | None
+    reply_msgid: str
+    lineage: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class InvalidLineage:
+    lineage: str
+    msgid: str
+    sender: str
+    created_at: float
+
+    @property
+    def reason(self) -> str:
+        return f"marked invalid by {self.sender} in <{self.msgid}>"
+
+
+def _command_effect(db: sqlite3.Connection, c: NewCommand, msgid: str, sender: str,
+                    now: float) -> int | None:
+    """Apply one command's effect inside Store.record_commands' transaction: the job it
+    queued (None: not applied, the job moved; INVALIDATE: always applied, None)."""
+    blob = json.dumps(c.detail or {}, sort_keys=True)
+    if c.effect is CommandEffect.NEW_JOB:
+        cur = db.execute(
+            "INSERT OR IGNORE INTO jobs (series_id, kind, created_at, updated_at, detail)"
+            " VALUES (?, ?, ?, ?, ?)", (c.series_id, c.job_kind, now, now, blob))
+        return int(cur.lastrowid) if cur.rowcount == 1 and cur.lastrowid else None
+    if c.effect is CommandEffect.RETEST:
+        cur = db.execute(
+            "UPDATE jobs SET status = 'queued', detail = ?, attempts = 0, next_attempt_at = 0,"
+            " owner = '', last_error = ?, updated_at = ? WHERE id = ? AND status = ?",
+            (blob, f"test asked by {sender} in <{msgid}>", now, c.job_id, c.expect_status))
+        if cur.rowcount != 1:
+            return None
+        # A fresh run: stored boots of the last run would only say the same again.
+        db.execute("DELETE FROM results WHERE job_id = ? AND key != ''", (c.job_id,))
+        return c.job_id
+    if c.effect is CommandEffect.INVALIDATE:
+        db.execute("INSERT OR IGNORE INTO invalid_lineages (lineage, msgid, sender, created_at)"
+                   " VALUES (?, ?, ?, ?)", (c.lineage, msgid, sender, now))
+        db.execute("UPDATE reports SET status = 'held', last_error = ?, updated_at = ?"
+                   " WHERE lineage = ? AND status = 'queued'",
+                   (f"marked invalid by {sender} in <{msgid}>", now, c.lineage))
+    return None

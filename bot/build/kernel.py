@@ -1,7 +1,9 @@
 """Kernel + KVM selftest builds: one reused build slot per (repository, config), results in a
 content-addressed store keyed by (git tree id, config, toolchain).
 
-A slot is a directory under `<cache_dir>/build/slots/`, one per repository, holding a detached
+A slot is a directory under `<cache_dir>/build/slots/`, one per repository (or several, with
+`executor.build_slots` > 1: builds of one repository then run side by side, each in its own
+slot, and a commit goes to the free slot that holds its parent), holding a detached
 git worktree of it (`src/`) and, per config fingerprint, the kbuild output directory
 (`out-<fp>/`, the reused `O=`), a scratch `O=` used only to compute the effective .config
 (`cfg-<fp>/`), and `state-<fp>.json` saying which commit `out-<fp>/` holds and the diagnostics

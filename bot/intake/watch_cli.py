@@ -38,6 +38,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run_watch)
 
 
+def _read_commands(ctx: Context) -> None:
+    # `#kbot` mail commands in what this poll stored (bot.commands), before jobs run.
+    from bot.commands.act import process
+
+    if ctx.config.commands.enabled:
+        report = process(ctx.config, ctx.store)
+        if report.recorded:
+            print(f"commands: {len(report.recorded)} read, {len(report.jobs)} job(s) queued, "
+                  f"{len(report.replies)} reply(ies)", file=sys.stderr)
+
+
 def _run_jobs(ctx: Context) -> None:
     # Imported here: the pipeline pulls in every stage, which `watch` alone does not need.
     from bot.pipeline.runner import outcome_table, run_queued
@@ -93,6 +104,7 @@ def run_watch(args: argparse.Namespace, ctx: Context) -> int:
         if args.once:
             report = watch_once(config, ctx.store, client, lists=names)
             print_report(report, sys.stdout)
+            _read_commands(ctx)
             if args.run_jobs:
                 _run_jobs(ctx)
             return EXIT_OK
@@ -104,6 +116,7 @@ def run_watch(args: argparse.Namespace, ctx: Context) -> int:
 
         def after_poll(report: WatchReport) -> None:
             print_report(report, sys.stderr)
+            _read_commands(ctx)
             if args.run_jobs:
                 _run_jobs(ctx)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import parseaddr
 from pathlib import Path
 
 from bot import codec, failpoints
@@ -23,7 +24,8 @@ from bot.bisect.record import bisect_step_data
 from bot.config import Config
 from bot.errors import InputError, UserError
 from bot.pipeline.bisect_report import bisection_context, verdict_ok
-from bot.report.deliver import Reporter
+from bot.report.context import Addr
+from bot.report.deliver import Answer, Reporter
 from bot.state import Store
 from bot.tree.trees import Trees
 
@@ -101,7 +103,9 @@ class StoredEvaluator:
             self.replayed += 1
             outcome: Outcome = codec.load(Outcome, stored, key)
             return outcome
-        if self.boundary is not None:
+        if self.boundary is not None and threading.get_ident() == self._owner:
+            # The runner's check (heartbeat, shutdown) uses the job thread's store: K-ary
+            # rounds check once per round, from the thread that runs the search.
             self.boundary()
         got = self.inner(commit)
         outcome = got if isinstance(got, Outcome) else Outcome(got)
@@ -142,6 +146,10 @@ def run_bisect(config: Config, store: Store, job_id: int, detail: object, *,
             evaluator=inner if isinstance(inner, KernelEvaluator) else None,
             in_reply_to=req.in_reply_to or None, list_name=req.list_name or None,
             set_name=req.set_name or None)
-        row = Reporter(config, store).submit(ctx, job_id=job_id)
+        # Asked by mail (`#kbot bisect`): the report answers that mail and Cc's its sender.
+        name, email = parseaddr(req.requested_by)
+        answer = (Answer(req.in_reply_to, ctx.references, Addr(name, email))
+                  if req.in_reply_to and "@" in email else None)
+        row = Reporter(config, store).submit(ctx, job_id=job_id, answer=answer)
         msgid = row.msgid if row is not None else ""
     return BisectJobResult(req, result, msgid)

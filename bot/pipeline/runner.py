@@ -8,10 +8,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from bot import failpoints
+from bot import codec, failpoints
 from bot.config import Config
-from bot.errors import KbotError, UserError
+from bot.errors import InputError, KbotError, UserError
 from bot.locks import try_locked
 from bot.pipeline.bisect_job import JOB_KIND as BISECT_KIND
 from bot.pipeline.bisect_job import run_bisect
@@ -25,7 +26,7 @@ from bot.pipeline.series_job import (
     stderr_progress,
 )
 from bot.pipeline.source import series_from_store
-from bot.report.deliver import Reporter
+from bot.report.deliver import Answer, Reporter
 from bot.state import JobRow, Store
 from bot.table import columns
 from bot.vm.model import Backend
@@ -46,17 +47,30 @@ class JobOutcome:
 
 
 def report_result(config: Config, store: Store, result: SeriesJobResult,
-                  job_id: int | None) -> tuple[str, ...]:
-    """Queue the reports for one result (once each; see bot.report.deliver) and deliver."""
+                  job_id: int | None, answer: Answer | None = None) -> tuple[str, ...]:
+    """Queue the reports for one result (once each; see bot.report.deliver) and deliver.
+    A test asked by mail (`answer`) is answered even when the series is clean."""
     reporter = Reporter(config, store)
     msgids = []
-    for ctx in contexts(config, result, job_id):
-        row = reporter.submit(ctx, job_id=job_id, send_now=False)
+    for ctx in contexts(config, result, job_id,
+                        series_summary="always" if answer is not None else None):
+        row = reporter.submit(ctx, job_id=job_id, send_now=False, answer=answer)
         failpoints.hit("report:submitted")
         if row is not None:
             msgids.append(row.msgid)
     reporter.flush()
     return tuple(msgids)
+
+
+def answer_of(detail: dict[str, Any]) -> Answer | None:
+    """The mail command a job answers (bot.commands puts it in the detail), if any."""
+    if not detail.get("answer"):
+        return None
+    try:
+        answer: Answer = codec.load(Answer, detail["answer"], "job detail answer")
+    except InputError as exc:
+        raise UserError(f"job detail unreadable: {exc}") from exc
+    return answer
 
 
 def retry_delay(config: Config, attempts: int) -> float:
@@ -96,10 +110,12 @@ def run_job(config: Config, store: Store, job: JobRow, owner: str, *,
             title = f"v{series.version} {series.title}"
             resumed = " (resumed)" if job.attempts > 1 else ""
             progress(f"job {job.id}: {title}{resumed}")
+            # `#kbot test tree=NAME` (bot.commands) names the tree in the job's detail.
             result = SeriesJob(config, store, job.id, backend=backend, progress=progress,
-                               boundary=boundary).run(series, list_name=list_name)
+                               boundary=boundary).run(series, list_name=list_name,
+                                                      tree=job.detail.get("tree") or None)
             failpoints.hit("job:tested")
-            msgids = report_result(config, store, result, job.id)
+            msgids = report_result(config, store, result, job.id, answer_of(job.detail))
     except JobCancelled as exc:
         progress(f"job {job.id}: {exc}")
         return JobOutcome(job.id, title, "cancelled", None, (), str(exc))

@@ -11,8 +11,10 @@ per-test verdict inputs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -186,7 +188,9 @@ class SeriesJob:
         trees = Trees(self.config)
         self.progress(f"applying v{series.version} {series.title!r} "
                       f"({len(series.patches)}/{series.total} patches)")
+        applied_at = time.time()
         applied = apply_series(trees, series, tree=tree, list_name=list_name)
+        self._stage("apply", applied_at)
         self.progress(applied.summary())
         failpoints.hit("apply:done")
         self._save("apply", "apply", applied.status.value, applied.base.sha, {
@@ -202,6 +206,7 @@ class SeriesJob:
             self.progress("no patch applied: nothing to test")
         else:
             commits, verdict = self._build_and_test(applied.repo, commits, plan)
+        judged_at = time.time()
         if verdict is not None:
             self._save("verdict", "verdict", "regressed" if verdict.regressed else "ok", "", {
                 "first_bad_patch": verdict.first_bad_patch,
@@ -211,6 +216,7 @@ class SeriesJob:
                            "first_bad_patch": t.first_bad_patch,
                            "confidence": t.confidence, "note": t.note}
                           for t in verdict.tests]})
+        self._stage("judge", judged_at)
         self._save_timeline(self.executor.name if self.executor is not None else
                             self.config.executor.kind)
         order = tuple(dict.fromkeys(t.name for st in plan.sets for t in st.tests))
@@ -258,6 +264,11 @@ class SeriesJob:
                 if owned:
                     ex.close()
 
+    def _stage(self, name: str, started: float) -> None:
+        """A step the coordinator itself ran, on the job's timeline."""
+        self.timeline.append(TaskRecord("stage", name, name, "coordinator", "", started,
+                                        started, time.time(), "ok"))
+
     def _save_timeline(self, executor: str) -> None:
         """Where and when each build and boot ran (bench/time_to_report.py reads it)."""
         if self.store is None or self.job_id is None or not self.timeline:
@@ -281,7 +292,11 @@ class _Flow:
         self.parts: dict[tuple[int, int], list[tuple[TestRun, ...] | None]] = {}
         self.failed: set[tuple[int, int]] = set()
         self.records: list[TaskRecord] = []
-        self.scope = f"job{job.job_id}" if job.job_id is not None else uuid.uuid4().hex[:12]
+        # Boots are keyed by job (and by this coordinator's store: two stores may share a
+        # broker), so a resumed job asks for the same boots and gets what was stored.
+        store_id = hashlib.sha256(str(job.config.state_dir).encode()).hexdigest()[:8]
+        self.scope = (f"{store_id}-job{job.job_id}" if job.job_id is not None
+                      else uuid.uuid4().hex[:12])
         self.stopping = False
 
     def build_and_boot(self) -> None:

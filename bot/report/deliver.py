@@ -12,7 +12,8 @@ States of a report (the `reports` table):
           not found within report.confirm_window_s --> held, with the reason. Never resent on
           a guess: a second copy on a kernel list is worse than a late one.
     held: kept in the outbox, not mailed (staging allowlist, low-confidence bisection,
-          unconfirmed delivery). `kbot outbox flush --resend MSGID` sends one on purpose.
+          unconfirmed delivery, a series marked invalid by mail). `kbot outbox flush
+          --resend MSGID` sends one on purpose.
 
 Exactly once, honestly: the Message-ID is made and the whole mail stored before any delivery,
 and the dedup key (series lineage + revision + kind + patch + result fingerprint) is UNIQUE, so
@@ -29,14 +30,12 @@ mistaken for a crashed one.
 from __future__ import annotations
 
 import enum
-import fcntl
 import fnmatch
 import hashlib
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -45,6 +44,7 @@ import requests
 from bot import __version__
 from bot.config import Config
 from bot.errors import InputError
+from bot.locks import try_locked
 from bot.report import smtp
 from bot.report.context import Addr, BisectionReport, ReportContext
 from bot.report.message import (
@@ -113,9 +113,23 @@ def lineage_of(ctx: ReportContext) -> tuple[str, int]:
     return f"bisect:{ctx.tree}/{ctx.branch}:{ctx.test}", 0
 
 
-def dedup_key(ctx: ReportContext, lineage: str, version: int, mode: Mode) -> str:
+@dataclass(frozen=True)
+class Answer:
+    """The mail command a report answers (`#kbot test`, `#kbot bisect`: bot.commands): the
+    report is threaded under that mail, its sender is Cc'd, and it is a report of its own
+    (the dedup key names the command), even when an earlier report said the same."""
+
+    msgid: str
+    references: tuple[str, ...] = ()
+    sender: Addr | None = None
+
+
+def dedup_key(ctx: ReportContext, lineage: str, version: int, mode: Mode,
+              answer: str = "") -> str:
     target = ctx.target.msgid if ctx.target is not None else ""
     parts = [lineage, str(version), ctx.kind.value, mode.value, target, ctx.fingerprint()]
+    if answer:
+        parts.append(answer)
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
@@ -196,6 +210,7 @@ class Reporter:
         date: datetime | None = None,
         mode: Mode | None = None,
         previous: ReportRow | None = None,
+        answer: Answer | None = None,
     ) -> Prepared:
         if mode is None:
             mode, previous = self.decide(ctx)
@@ -206,9 +221,13 @@ class Reporter:
         else:
             body = self.renderer.render(ctx, msgid)
         rcpt = recipients(ctx, self.config.bot.email)
+        thread_to = None
+        if answer is not None:
+            thread_to = (answer.msgid, tuple(dict.fromkeys((*answer.references, answer.msgid))))
+            rcpt = _also(rcpt, answer.sender, self.config.bot.email)
         msg = build_message(
             ctx, body, msgid=msgid, sender=Addr(self.config.bot.name, self.config.bot.email),
-            rcpt=rcpt, date=date,
+            rcpt=rcpt, date=date, thread_to=thread_to,
         )
         hold = ""
         if isinstance(ctx, BisectionReport) and ctx.confidence < self.cfg.min_bisect_confidence:
@@ -216,7 +235,8 @@ class Reporter:
                     f"{self.cfg.min_bisect_confidence:.2f}: not mailed")
         kind = ctx.kind.value + ("-brief" if mode is Mode.BRIEF else "")
         return Prepared(
-            msgid=msgid, kind=kind, mode=mode, dedup_key=dedup_key(ctx, lineage, version, mode),
+            msgid=msgid, kind=kind, mode=mode,
+            dedup_key=dedup_key(ctx, lineage, version, mode, answer.msgid if answer else ""),
             lineage=lineage, version=version, fingerprint=ctx.fingerprint(),
             subject=subject(ctx), rcpt=rcpt, raw=as_bytes(msg), hold_reason=hold,
         )
@@ -224,17 +244,29 @@ class Reporter:
     # -- store ----------------------------------------------------------------------------
 
     def submit(
-        self, ctx: ReportContext, *, job_id: int | None = None, send_now: bool = True
+        self, ctx: ReportContext, *, job_id: int | None = None, send_now: bool = True,
+        answer: Answer | None = None,
     ) -> ReportRow | None:
         """Make the report for a result (once) and start its delivery. None: not sent by
-        config (report.unchanged = never and the last revision failed the same way)."""
-        mode, previous = self.decide(ctx)
+        config (report.unchanged = never and the last revision failed the same way). A
+        report that `answer`s a mail command is always the full report."""
+        mode, previous = (Mode.FULL, None) if answer is not None else self.decide(ctx)
         if mode is Mode.SKIP:
             assert previous is not None
             log.info("not reporting: v%s fails the same way as <%s> (report.unchanged = never)",
                      lineage_of(ctx)[1], previous.msgid)
             return None
-        prep = self.prepare(ctx, mode=mode, previous=previous)
+        prep = self.prepare(ctx, mode=mode, previous=previous, answer=answer)
+        return self.submit_prepared(prep, job_id=job_id, send_now=send_now)
+
+    def submit_prepared(self, prep: Prepared, *, job_id: int | None = None,
+                        send_now: bool = True) -> ReportRow:
+        """Store a prepared mail once (by its dedup key) and start its delivery: a report,
+        or a short reply kbot made itself (bot.commands). A mail about a series marked
+        invalid by mail (`#kbot invalid`) is held."""
+        hold = prep.hold_reason
+        if not hold and (invalid := self.store.invalid_lineage(prep.lineage)) is not None:
+            hold = invalid.reason
         row, new = self.store.add_report(
             prep.msgid, job_id=job_id, kind=prep.kind, dedup_key=prep.dedup_key, raw=prep.raw,
             lineage=prep.lineage, version=prep.version, fingerprint=prep.fingerprint,
@@ -244,8 +276,8 @@ class Reporter:
             log.info("report for this result exists already: <%s> (%s)", row.msgid, row.status)
             return row
         self.outbox.put(row.raw)
-        if prep.hold_reason:
-            self.store.set_report_status(row.msgid, "held", last_error=prep.hold_reason)
+        if hold:
+            self.store.set_report_status(row.msgid, "held", last_error=hold)
         elif self.cfg.delivery == "outbox":
             self.store.set_report_status(row.msgid, "sent", last_error="in the outbox",
                                          sent=True)
@@ -257,23 +289,9 @@ class Reporter:
 
     # -- deliver --------------------------------------------------------------------------
 
-    @contextmanager
-    def _delivery_lock(self) -> Iterator[bool]:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "report-delivery.lock", "a+b") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
     def flush(self, *, resend: tuple[str, ...] = ()) -> FlushSummary:
         """Reconcile what a crash left, then deliver every queued report that is due."""
-        with self._delivery_lock() as got:
+        with try_locked(self.state_dir / "report-delivery.lock") as got:
             if not got:
                 return FlushSummary(busy=True)
             reconciled = self._reconcile()
@@ -286,7 +304,7 @@ class Reporter:
                 if row.next_attempt_at > now:
                     counts["queued"] += 1
                     continue
-                counts[self._deliver(row)] += 1
+                counts[self._deliver(row, forced=row.msgid in resend)] += 1
             return FlushSummary(sent=counts["sent"], held=counts["held"],
                                 retrying=counts["queued"], failed=counts["failed"],
                                 reconciled=reconciled, confirmed=confirmed,
@@ -350,7 +368,12 @@ class Reporter:
                 counts[UNCONFIRMED] += 1
         return confirmed
 
-    def _deliver(self, row: ReportRow) -> str:
+    def _deliver(self, row: ReportRow, *, forced: bool = False) -> str:
+        if not forced and (invalid := self.store.invalid_lineage(row.lineage)) is not None:
+            # Marked invalid after it was queued: no more mail about that series (unless an
+            # operator resends it on purpose).
+            self.store.set_report_status(row.msgid, "held", last_error=invalid.reason)
+            return "held"
         self.outbox.put(row.raw)  # idempotent: the record exists before any mail leaves
         if self.cfg.delivery != "smtp":
             self.store.set_report_status(row.msgid, "sent", last_error="in the outbox",
@@ -411,4 +434,13 @@ class Reporter:
     def _hook(self, stage: str, msgid: str) -> None:
         if self.hook is not None:
             self.hook(stage, msgid)
+
+
+def _also(rcpt: Recipients, who: Addr | None, bot_email: str) -> Recipients:
+    """`who` (whoever asked by mail) on Cc, unless the mail goes to them already."""
+    if who is None or not who.email or who.email.lower() == bot_email.lower():
+        return rcpt
+    if who.email.lower() in (a.lower() for a in rcpt.all):
+        return rcpt
+    return Recipients(to=rcpt.to, cc=(*rcpt.cc, who))
 

@@ -186,9 +186,12 @@ def build_message(
     sender: Addr,
     rcpt: Recipients,
     date: datetime | None = None,
+    thread_to: tuple[str, tuple[str, ...]] | None = None,
 ) -> EmailMessage:
+    """`thread_to`: (In-Reply-To, References) instead of the context's own threading (a
+    report that answers a mail command goes under that mail)."""
     subj = check_header("Subject", subject(ctx))
-    in_reply_to, refs = thread(ctx)
+    in_reply_to, refs = thread_to if thread_to is not None else thread(ctx)
     msg = EmailMessage(policy=POLICY)
     msg["From"] = _address("From", sender)
     if not rcpt.to:

@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
+    from bot.commands.act import after_poll as read_commands
     from bot.service import logs
     from bot.service.loop import AfterPoll, Service, ServiceOptions
 
@@ -52,7 +53,7 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
         raise UserError(f"--web-port {args.web_port}: not a TCP port")
     logs.setup(args.log_format, verbose=args.verbose)
     name = args.backend or config.vm.backend
-    after_poll: tuple[AfterPoll, ...] = ()
+    after_poll: tuple[AfterPoll, ...] = (read_commands,)
     service = Service(config, ServiceOptions(
         backend=None if name == "auto" else Backend(name), web=args.web,
         web_host=args.web_host, web_port=args.web_port), after_poll=after_poll)

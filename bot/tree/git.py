@@ -86,9 +86,9 @@ _PROGRESS = re.compile(
     r"(?:(?P<percent>\d{1,3})% \((?P<done>\d+)/(?P<total>\d+)\)|(?P<count>\d+))"
     r"(?P<rest>.*)$"
 )
-
-
-RECEIVING = ("Receiving objects", "Unpacking objects")
+# "remote: Total 3 (delta 1), reused 0 (delta 0), pack-reused 0": the objects the server sent.
+_TOTAL = re.compile(r"^remote: Total (?P<count>\d+)(?P<rest>.*)$")
+TOTAL = "Total"
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,9 @@ def parse_progress(line: str) -> GitProgress | None:
     """The update a line of git's progress output holds, or None for any other line."""
     m = _PROGRESS.match(line.strip())
     if m is None:
-        return None
+        t = _TOTAL.match(line.strip())
+        return None if t is None else GitProgress(TOTAL, int(t["count"]), int(t["count"]), None,
+                                                  t["rest"].rstrip(), True)
     if m["count"] is not None:
         return GitProgress(m["phase"], int(m["count"]), None, None, m["rest"].rstrip(),
                            bool(m["remote"]))
@@ -139,12 +141,14 @@ class ProgressLines:
         self.clock = clock
         self.start = clock()
         self.last: float | None = None
-        self.received: GitProgress | None = None  # the last update of what was fetched
+        self.received: GitProgress | None = None  # the last "Receiving objects" update
+        self.sent: int | None = None  # the server's "Total N": what crossed the network
 
     def __call__(self, update: GitProgress) -> None:
-        # A big fetch is indexed as a pack (Receiving), a small one unpacked (Unpacking:
-        # fewer than transfer.unpackLimit objects, 100 by default).
-        if update.phase in RECEIVING:
+        if update.phase == TOTAL:
+            self.sent = update.done
+            return
+        if update.phase == "Receiving objects":
             self.received = update
         now = self.clock()
         if self.last is None or now - self.last >= self.every_s:
@@ -154,11 +158,12 @@ class ProgressLines:
     def summary(self) -> str:
         took = f"{self.clock() - self.start:.0f}s"
         r = self.received
-        if r is None:
-            return f"{self.label}: done in {took}, no objects received"
-        size = r.rest.removesuffix(", done.").lstrip(", ").split(" | ")[0]
-        return (f"{self.label}: done in {took}, {r.total if r.total is not None else r.done} "
-                f"objects received" + (f" ({size})" if size else ""))
+        count = self.sent if self.sent is not None else (
+            r.total if r is not None and r.total is not None else r.done if r else 0)
+        # A small fetch is unpacked without progress: no size then.
+        size = r.rest.removesuffix(", done.").lstrip(", ").split(" | ")[0] if r else ""
+        return (f"{self.label}: done in {took}, {count} objects received"
+                + (f" ({size})" if size else ""))
 
 
 def git_progress(

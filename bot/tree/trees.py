@@ -166,6 +166,7 @@ class Trees:
                                           self.progress_every_s)
                 git.git_progress(mirror, "fetch", "--prune", "--progress", "origin",
                                  on_progress=lines, timeout=FETCH_TIMEOUT_S)
+                self.progress(lines.summary())
         return Tree(section, mirror, owned=True)
 
     def branch_sha(self, tree: Tree, branch: str) -> str:

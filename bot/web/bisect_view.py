@@ -3,8 +3,8 @@ commits, and how sure the search is (the posterior over the candidates).
 
 A bisection job (kind "bisect") stores its outcome as the step "bisect" (see bot.bisect.record):
 the BisectResult, the candidate commits in topological order (so untested commits can be drawn
-and the posterior recomputed) and the search's model and confidence target. A bare dumped BisectResult is read too: the page
-then draws the tested commits only, in the order they were tested.
+and the posterior recomputed) and the search's model and confidence target. A bare dumped
+BisectResult is read too: the page then draws the tested commits only, in testing order.
 """
 
 from __future__ import annotations

@@ -10,16 +10,19 @@ kill kbot in the middle of one.
 
 A flaky test: `KBOT_FAKE_VM_FLAKY=NAME=P[,NAME=P...]` makes NAME also fail with probability P
 on every kernel, the base included; the draws are `flaky_fails(seed, boot, NAME, P)` with
-`KBOT_FAKE_VM_SEED` and the boot's number in this process (1, 2, ...), so a run is repeatable
-and a test can compute in advance what each boot will say.
+`KBOT_FAKE_VM_SEED` and `boot` = "TREE:N", the kernel's git tree id and which boot of that
+tree this is in this process (1, 2, ...): a run is repeatable whatever order concurrent boots
+start in, and a test can compute in advance what each boot will say.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
-import itertools
+import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,11 +45,12 @@ from bot.vm.runner import RunOptions
 
 TESTS = ("state_test", "smm_test")
 FAIL_MARK = b"KBOT_FAKE_FAIL:"
-_boots = itertools.count(1)
+_boots: collections.Counter[str] = collections.Counter()
+_boots_lock = threading.Lock()
 
 
-def flaky_fails(seed: int, boot: int, name: str, p: float) -> bool:
-    """Whether the flaky `name` fails at boot number `boot` (a hash: no state, no order)."""
+def flaky_fails(seed: int, boot: str, name: str, p: float) -> bool:
+    """Whether the flaky `name` fails at boot `boot` (a hash: no state, no order)."""
     digest = hashlib.sha256(f"{seed}:{boot}:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < p
 
@@ -66,6 +70,31 @@ def fake_host() -> HostCaps:
                     qemu="/usr/bin/qemu-system-x86_64", bochs=None, xorriso=None, cpus=2)
 
 
+def boot_id(kernel: Path) -> str:
+    """"TREE:N": the N-th boot in this process of the kernel built from git tree TREE (the
+    artifact store's result.json beside the image names the tree)."""
+    try:
+        tree = str(json.loads((kernel.parent / "result.json").read_text())["tree_id"])
+    except (OSError, ValueError, KeyError):
+        tree = kernel.parent.name
+    with _boots_lock:
+        _boots[tree] += 1
+        return f"{tree}:{_boots[tree]}"
+
+
+def _log_boot(kernel: Path, backend: Backend | None, started: float, ended: float) -> None:
+    """One line per fake emulator run in $KBOT_FAKE_VM_LOGS/boots.jsonl: the ground truth the
+    overlap tests compare with (when each boot ran, in which process)."""
+    logs = os.environ.get("KBOT_FAKE_VM_LOGS")
+    if not logs:
+        return
+    Path(logs).mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"kernel": str(kernel), "backend": backend.value if backend else "auto",
+                       "pid": os.getpid(), "started": started, "ended": ended})
+    with (Path(logs) / "boots.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(line + "\n")  # one write of a short line: whole lines across processes
+
+
 def fake_run_plan(
     kernel: Path, selftests: Path, plan: TestPlan, backend: Backend | None,
     host: HostCaps | None, *, options: RunOptions | None = None,
@@ -73,15 +102,17 @@ def fake_run_plan(
 ) -> list[TestRun]:
     image = kernel.read_bytes()
     delay = float(os.environ.get("KBOT_FAKE_VM_S", "0") or 0)
+    started = time.time()
     if delay:
         time.sleep(delay)
+    _log_boot(kernel, backend, started, time.time())
     if backend is Backend.BOCHS:
         # One fake run stands for the whole plan, as one QEMU TCG boot. The executor splits a
         # plan into one call per emulator (bot/executor/base.py routes): on this fake host the
         # VMX set's part goes to Bochs; it takes its time but reports nothing, so a split
         # boot says exactly what one unsplit call said.
         return []
-    boot = next(_boots)
+    boot = boot_id(kernel)
     seed = int(os.environ.get("KBOT_FAKE_VM_SEED", "0") or 0)
     flaky = flaky_rates()
 
