@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.bisect.core import CONFIRM_RUNS
 from bot.build.kernel import BuildResult
 from bot.cli import main as kbot_main
 from bot.tree.kernel_source import KernelSource
@@ -61,9 +62,14 @@ def test_bisect_state_test_regression(
     assert f"{culprit} is the first bad commit" in out
     assert "KVM: nSVM: tighten the nested state flags check" in out
     assert "candidates left" in err
-    # Deterministic: 2 endpoint runs + at most ceil(log2 16) = 4 search runs.
+    # Deterministic: 2 endpoint runs + at most ceil(log2 16) = 4 search runs, then the culprit
+    # and its parent are each rerun CONFIRM_RUNS times before the culprit is named.
     m = re.search(r"(\d+) runs \((\d+) searching\)", out)
-    assert m is not None and int(m.group(2)) <= 4 and int(m.group(1)) <= 6
+    assert m is not None and int(m.group(2)) <= 4
+    assert int(m.group(1)) <= 2 + 4 + 2 * CONFIRM_RUNS
+    # The culprit was named only after its confirmation reruns: its table row counts them.
+    row = [line for line in out.splitlines() if line.startswith(culprit[:10])][-1]
+    assert int(row.split()[2]) >= 1 + CONFIRM_RUNS, row
     # The failing runs name the selftest's assertion; the replay log ends at the culprit.
     assert re.search(r"state_test FAIL", out + err)
     assert log.read_text().rstrip().endswith("tighten the nested state flags check")
