@@ -162,6 +162,11 @@ allow = ["paolo@example.org"]
                     rows.append((str(n), str(len(batch)), str(report.new_messages),
                                  str(len(report.recorded)), str(commands), f"{dt:.2f}"))
                 jobs = len(store.jobs())
+                rows_by_job = [store.get_series(j.series_id) for j in store.jobs()
+                               if j.series_id is not None]
+                names = {r.title for r in rows_by_job if r is not None}
+                missing = sorted({n for n in last.values()
+                                  if not any(n in x for x in names)})
             size = sum(p.stat().st_size for p in (root / "state").glob("kbot.sqlite3*"))
         finally:
             inbox.stop()
@@ -175,6 +180,8 @@ allow = ["paolo@example.org"]
         print(f"last mail in archive -> job recorded: mean {statistics.mean(latency):.2f} s, "
               f"p95 {q[-1]:.2f} s, over {len(latency)} series (plus up to poll_s of waiting)")
     print(f"jobs recorded: {jobs}; commands recorded: {acted}, replies: {replies}")
+    print(f"series of the day without a job: {len(missing)}"
+          + (f" ({', '.join(missing)})" if missing else ""))
     print(f"store size: {size / 1e6:.1f} MB ({size / len(mails) / 1e3:.1f} kB per message)")
     if args.real:
         # Three series, one after the other, each new to the (warm) cache.

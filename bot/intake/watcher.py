@@ -650,9 +650,14 @@ def _settle_one(store: Store, lst: ListSection, f: _Fresh, now: float,
     row = store.get_series(sid)
     if row is None:
         return False
-    if row.state in ("superseded", "filtered"):
+    if row.state == "superseded" or (row.state == "filtered" and f.filter_reason):
         store.settle_series(sid, assembled=f.own)
         return True
+    if row.state == "filtered":
+        # Filtered on an earlier, thinner view (a cover that landed before its patches has no
+        # files): its mail changed and the filters now take it, so it is judged afresh.
+        store.set_series_state(sid, "pending")
+        log.info("%s: %s is no longer filtered: its patches arrived", lst.name, s.title)
     job = store.job_for_series(sid, JOB_KIND)
     if job is None:
         if f.filter_reason:

@@ -175,6 +175,32 @@ def test_late_cover_keeps_one_job_that_sees_the_full_series(
         assert inv.ok, inv.describe()
 
 
+def test_cover_filtered_before_its_patches_arrive_is_recorded_when_they_do(
+    local_inbox: LocalInbox, watch_config: WatchConfig, tmp_path: Path
+) -> None:
+    # Seen in bench/service.py: a cover alone touches no files, so a list with `files` filtered
+    # it, and the filtered state was final: its patches arrived and no job was ever made.
+    cfg = watch_config(settle_s=0, files=["arch/x86/kvm/*"])
+    cover_id = "early-cover-0@example.org"
+    cover = patch_mail(cover_id, "[PATCH 0/2] KVM: cover first", files=())
+    patches = [patch_mail(f"early-cover-{i}@example.org", f"[PATCH {i}/2] KVM: part {i}",
+                          in_reply_to=cover_id) for i in (1, 2)]
+    with Store.in_state_dir(tmp_path / "state") as store, ArchiveClient(cfg.archive) as client:
+        local_inbox.deliver(cover, "kvm")
+        first = watch_once(cfg, store, client)
+        assert first.recorded == ()
+        local_inbox.deliver_many(patches, "kvm")
+        second = watch_once(cfg, store, client)
+        assert [(r.patches, r.complete) for r in second.recorded] == [(2, True)]
+        (job,) = store.jobs()
+        assert job.status == "queued"
+        # A series that still touches no watched files stays filtered, without a job.
+        local_inbox.deliver(patch_mail("other-1@example.org", "[PATCH 1/1] docs: elsewhere",
+                                       files=("Documentation/x.rst",)), "kvm")
+        third = watch_once(cfg, store, client)
+        assert third.recorded == () and len(store.jobs()) == 1
+
+
 def test_late_cover_after_the_job_ran_is_not_a_retest(
     local_inbox: LocalInbox, watch_config: WatchConfig, tmp_path: Path
 ) -> None:
