@@ -15,7 +15,6 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
@@ -32,9 +31,9 @@ from bot.report.message import (
     POLICY,
     Recipients,
     as_bytes,
-    check_addr,
     check_header,
     check_msgid,
+    header_address,
     new_msgid,
 )
 
@@ -101,15 +100,6 @@ def render(template: str, variables: dict[str, object],
     return _wrap(text)
 
 
-def _address(header: str, a: Addr) -> Address:
-    check_addr(header, a)
-    user, _, domain = a.email.partition("@")
-    try:
-        return Address(display_name=a.name, username=user, domain=domain)
-    except (ValueError, IndexError) as exc:
-        raise InputError(f"refusing {a} in the {header} header: {exc}") from exc
-
-
 def _references(msg: Message) -> tuple[str, ...]:
     refs = list(dict.fromkeys((*msg.references, msg.msgid)))
     if len(refs) > MAX_REFERENCES:
@@ -139,10 +129,10 @@ def build_reply(config: Config, msg: Message, list_name: str, *, problems: Seque
     if not subject.lower().startswith("re:"):
         subject = f"Re: {subject}"
     out = EmailMessage(policy=POLICY)
-    out["From"] = _address("From", Addr(bot.name, bot.email))
-    out["To"] = [_address("To", a) for a in rcpt.to]
+    out["From"] = header_address("From", Addr(bot.name, bot.email))
+    out["To"] = [header_address("To", a) for a in rcpt.to]
     if rcpt.cc:
-        out["Cc"] = [_address("Cc", a) for a in rcpt.cc]
+        out["Cc"] = [header_address("Cc", a) for a in rcpt.cc]
     out["Subject"] = check_header("Subject", subject)
     out["Date"] = format_datetime(date or datetime.now(UTC))
     out["Message-ID"] = f"<{check_msgid('Message-ID', msgid)}>"

@@ -169,7 +169,8 @@ def thread(ctx: ReportContext) -> tuple[str, tuple[str, ...]]:
     return parent, refs
 
 
-def _address(header: str, a: Addr) -> Address:
+def header_address(header: str, a: Addr) -> Address:
+    """One checked address for a From/To/Cc header (InputError names a refused one)."""
     check_addr(header, a)
     user, _, domain = a.email.partition("@")
     try:
@@ -193,12 +194,12 @@ def build_message(
     subj = check_header("Subject", subject(ctx))
     in_reply_to, refs = thread_to if thread_to is not None else thread(ctx)
     msg = EmailMessage(policy=POLICY)
-    msg["From"] = _address("From", sender)
+    msg["From"] = header_address("From", sender)
     if not rcpt.to:
         raise InputError("a report needs at least one recipient")
-    msg["To"] = [_address("To", a) for a in rcpt.to]
+    msg["To"] = [header_address("To", a) for a in rcpt.to]
     if rcpt.cc:
-        msg["Cc"] = [_address("Cc", a) for a in rcpt.cc]
+        msg["Cc"] = [header_address("Cc", a) for a in rcpt.cc]
     msg["Subject"] = subj
     msg["Date"] = format_datetime(date or datetime.now(UTC))
     msg["Message-ID"] = f"<{check_msgid('Message-ID', msgid)}>"
